@@ -1,0 +1,240 @@
+"""GLUE-format TSV files -> ``datasets`` -> tokenised, cached on disk, padded per batch.
+
+Everything task-specific (files, columns, header, label kind, metrics) comes from the task's YAML
+in ``conf/data``; this module knows nothing of the model beyond the tokenizer it is handed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from deepcuts.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def resolve_root(root: str | None) -> Path:
+    """``data.root``, else ``$GLUE_DIR``, else ``../shared/data/glue`` beside the repository."""
+    if root:
+        return Path(root).expanduser()
+    if os.environ.get("GLUE_DIR"):
+        return Path(os.environ["GLUE_DIR"]).expanduser()
+    return DEFAULT_GLUE_DIR
+
+
+def read_tsv(path: Path, header: bool, columns: list[str] | None) -> datasets.Dataset:
+    """Read one GLUE TSV with quoting off (sentences contain bare ``"``)."""
+    if not path.is_file():
+        raise ConfigError(
+            f"data file {path} does not exist. Data is looked for in data.root, else $GLUE_DIR, "
+            f"else {DEFAULT_GLUE_DIR}. Point to your GLUE folder with data.root=/path/to/glue "
+            "or GLUE_DIR=/path/to/glue."
+        )
+    if path.stat().st_size == 0:
+        raise ConfigError(f"data file {path} is empty.")
+    try:
+        ds = datasets.load_dataset(
+            "csv",
+            data_files=str(path),
+            sep="\t",
+            quoting=csv.QUOTE_NONE,
+            header=0 if header else None,
+            names=list(columns) if columns else None,
+            keep_default_na=False,
+            split="train",
+        )
+    except Exception as err:  # pandas/arrow parse errors carry the useful detail
+        raise ConfigError(f"could not read {path} as a tab-separated GLUE file: {err}") from err
+    if len(ds) == 0:
+        raise ConfigError(f"data file {path} has a header but no rows.")
+    return ds
+
+
+def check_columns(ds: datasets.Dataset, path: Path, needed: list[str]) -> None:
+    missing = [c for c in needed if c not in ds.column_names]
+    if missing:
+        raise ConfigError(
+            f"{path} has no column(s) {missing}; it has {ds.column_names}. Fix the task YAML's "
+            "text_columns/label_column (or `columns` for files without a header)."
+        )
+
+
+def parse_labels(values: list[Any], task: dict, path: Path, column: str) -> list:
+    """Labels as numbers, checked against the task (class ids, or a score range)."""
+    out = []
+    for row, value in enumerate(values):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{path}, row {row + 1}: {column}={value!r} is not a number."
+            ) from None
+        if task["type"] == "classification":
+            if number != int(number) or not 0 <= number < task["num_labels"]:
+                raise ConfigError(
+                    f"{path}, row {row + 1}: label {value!r} is not a class id in "
+                    f"0..{task['num_labels'] - 1}."
+                )
+            out.append(int(number))
+        else:
+            if not task["min"] <= number <= task["max"]:
+                raise ConfigError(
+                    f"{path}, row {row + 1}: score {value!r} is outside "
+                    f"[{task['min']}, {task['max']}]."
+                )
+            out.append(number)
+    return out
+
+
+class GlueDataModule(pl.LightningDataModule):
+    """Train and dev splits of one GLUE-format task, tokenised once and cached on disk."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        folder: str,
+        text_columns: list[str],
+        label_column: str,
+        task: dict,
+        root: str | None = None,
+        train_file: str = "train.tsv",
+        eval_file: str = "dev.tsv",
+        header: bool = True,
+        columns: list[str] | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        subset_seed: int = 0,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        **_: Any,  # metrics/monitor belong to the model; the same YAML feeds both
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.name, self.task = name, dict(task)
+        self.text_columns, self.label_column = list(text_columns), label_column
+        self.folder = resolve_root(root) / folder
+        self.files = {"train": train_file, "eval": eval_file}
+        self.header, self.columns = header, columns
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.limits = {"train": max_train_samples, "eval": max_eval_samples}
+        self.subset_seed, self.num_workers, self.seed = subset_seed, num_workers, seed
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+        self.splits: dict[str, datasets.Dataset] = {}
+        if len(self.text_columns) not in (1, 2):
+            raise ConfigError("text_columns must name one column (single sentence) or two (a pair).")
+        if self.task.get("type") not in ("classification", "regression"):
+            raise ConfigError("data.task.type must be 'classification' or 'regression'.")
+        for split, limit in self.limits.items():
+            if limit is not None and int(limit) <= 0:
+                raise ConfigError(f"max_{split}_samples must be a positive number or null, got {limit}.")
+
+    # -- building -------------------------------------------------------------------------
+    def _cache_key(self, split: str, path: Path) -> str:
+        stat = path.stat()
+        spec = {
+            "file": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "tokenizer": getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__),
+            "vocab": len(self.tokenizer),
+            "max_length": self.max_length,
+            "text": self.text_columns,
+            "label": self.label_column,
+            "task": self.task,
+            "limit": self.limits[split],
+            "subset_seed": self.subset_seed if split == "train" else None,
+            "format": 1,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+    def _build(self, split: str) -> datasets.Dataset:
+        path = self.folder / self.files[split]
+        if not self.folder.is_dir():
+            raise ConfigError(
+                f"data folder {self.folder} does not exist. Data is looked for in data.root, else "
+                f"$GLUE_DIR, else {DEFAULT_GLUE_DIR}. Point to your GLUE folder with "
+                "data.root=/path/to/glue or GLUE_DIR=/path/to/glue."
+            )
+        cached = self.cache_dir / f"{self.name}-{split}-{self._cache_key(split, path)}" if self.cache_dir else None
+        if cached is not None and (cached / "dataset_info.json").is_file():
+            return datasets.load_from_disk(str(cached))
+
+        raw = read_tsv(path, self.header, self.columns)
+        check_columns(raw, path, [*self.text_columns, self.label_column])
+        labels = parse_labels(raw[self.label_column], self.task, path, self.label_column)
+        raw = raw.select_columns(self.text_columns).add_column("labels", labels)
+        limit = self.limits[split]
+        if limit is not None and limit < len(raw):
+            raw = raw.shuffle(seed=self.subset_seed) if split == "train" else raw
+            raw = raw.select(range(int(limit)))
+
+        def tokenize(batch: dict) -> dict:
+            texts = [[str(t) for t in batch[c]] for c in self.text_columns]
+            return self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+
+        tokenised = raw.map(tokenize, batched=True, remove_columns=self.text_columns)
+        keep = [c for c in MODEL_INPUTS if c in tokenised.column_names]
+        tokenised = tokenised.select_columns(keep)
+        if cached is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
+            tokenised.save_to_disk(str(tmp))
+            try:
+                tmp.rename(cached)  # atomic: a reader sees the whole folder or none
+            except OSError:  # another job won the race; its copy is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+            tokenised = datasets.load_from_disk(str(cached))
+        return tokenised
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in ("train", "eval"):
+            if split not in self.splits:
+                self.splits[split] = self._build(split)
+
+    # -- loaders --------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, shuffle_seed: int | None) -> DataLoader:
+        generator = None
+        if shuffle_seed is not None:
+            generator = torch.Generator().manual_seed(shuffle_seed)
+        return DataLoader(
+            self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle_seed is not None,
+            generator=generator,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("eval", self.eval_batch_size, None)
+
+    def scoring_dataloader(self, seed: int) -> DataLoader:
+        """Train set in a seeded order of its own, for scoring passes."""
+        return self._loader("train", self.batch_size, seed + 10_007)

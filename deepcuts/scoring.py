@@ -1,0 +1,108 @@
+"""The scoring pass: forward/backward over seeded train batches, no optimiser step.
+
+A :class:`~deepcuts.strategies.Strategy` callback reads the gradients after each batch. The pass
+leaves the model exactly as it found it: weights, ``requires_grad`` flags, train/eval mode, no
+``.grad`` left behind, and the global RNG states (so later training is unaffected).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from deepcuts.errors import ConfigError
+from deepcuts.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+class ScoringPass(pl.LightningModule):
+    """``passes`` forward/backward passes per batch, gradients summed in ``.grad``."""
+
+    def __init__(self, model: nn.Module, prunable: dict[str, nn.Parameter], passes: int, dropout: bool) -> None:
+        super().__init__()
+        self.model, self.prunable, self.passes, self.dropout = model, prunable, passes, dropout
+        self.automatic_optimization = False
+
+    def on_train_epoch_start(self) -> None:
+        self.model.train(self.dropout)
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        self.model.zero_grad(set_to_none=True)
+        for _ in range(self.passes):
+            loss = self.model.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"scoring: the loss is {loss.item()} on scoring batch {batch_idx}; the dense "
+                    "model has diverged, so no scores can be computed."
+                )
+            self.manual_backward(loss)
+
+    def configure_optimizers(self):
+        return None
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, prunable: dict[str, nn.Parameter]) -> Iterator[None]:
+    """Gradients only for prunable tensors; restore flags, mode, grads and RNG on exit."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    wanted = {id(p) for p in prunable.values()}
+    mode = model.training
+    rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(mode)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.random.set_rng_state(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def run_scoring(
+    model: nn.Module,
+    prunable: dict[str, nn.Parameter],
+    strategy: Strategy,
+    loader: DataLoader | None,
+    batches: int | None,
+    dropout: bool = False,
+    trainer_kwargs: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Scores for every prunable tensor. ``batches`` (None: the strategy's default) is capped at
+    one pass over ``loader``."""
+    if not strategy.needs_data:
+        return strategy.data_free_scores(prunable)
+    n = strategy.default_batches if batches is None else int(batches)
+    if n <= 0:
+        raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {batches}.")
+    n = min(n, len(loader))
+    log.info("scoring %s: %d batches x %d passes", strategy.name, n, strategy.passes)
+    kwargs = dict(
+        max_epochs=1,
+        limit_train_batches=n,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[strategy],
+    )
+    kwargs.update(trainer_kwargs or {})
+    with preserved_state(model, prunable):
+        pl.Trainer(**kwargs).fit(ScoringPass(model, prunable, strategy.passes, dropout), train_dataloaders=loader)
+    return strategy.scores

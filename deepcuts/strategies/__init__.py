@@ -1,0 +1,19 @@
+"""Pruning scores. Each strategy is one small class whose docstring states its rule, plus one
+YAML in ``conf/strategy``; ``scope`` (layer / global) is set in the YAML, not in code."""
+
+from deepcuts.strategies.base import Strategy
+from deepcuts.strategies.gradcam import GradCAM, GradCAMShift
+from deepcuts.strategies.magnitude import MagnitudeGrad, MagnitudeWeight, RandomScore
+from deepcuts.strategies.smoothgrad import SmoothGrad, SmoothGradCAM, SmoothGradCAMShift
+
+__all__ = [
+    "Strategy",
+    "MagnitudeWeight",
+    "MagnitudeGrad",
+    "RandomScore",
+    "GradCAM",
+    "GradCAMShift",
+    "SmoothGrad",
+    "SmoothGradCAM",
+    "SmoothGradCAMShift",
+]

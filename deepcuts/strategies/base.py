@@ -1,0 +1,113 @@
+"""The scoring callback and the hook context managers every gradient strategy shares.
+
+A :class:`Strategy` is a Lightning callback attached to a scoring pass (see ``deepcuts.scoring``):
+the pass runs forward/backward on each batch with no optimiser step, and the callback turns the
+gradients (and captured activations) into one score buffer per prunable tensor, accumulated in
+place. Hooks are registered in context managers and removed on exit, also on an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from deepcuts.errors import ConfigError
+
+ACCUMULATE = ("sum_abs", "abs_of_mean")
+
+
+def module_of(model: nn.Module, param_name: str) -> tuple[str, nn.Module]:
+    module_name = param_name.rpartition(".")[0]
+    return module_name, model.get_submodule(module_name)
+
+
+@contextlib.contextmanager
+def forward_hooks(modules: dict[str, nn.Module], make_hook) -> Iterator[None]:
+    """Register ``make_hook(name)`` as a forward hook on every module; remove all on exit."""
+    handles = [m.register_forward_hook(make_hook(name)) for name, m in modules.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class Strategy(pl.Callback):
+    """Base class: a score per prunable tensor, from weights alone or from a scoring pass.
+
+    Subclasses that need data implement :meth:`batch_term` (the signed per-batch product whose
+    absolute value is accumulated) and may add hooks in :meth:`hooks`.
+    """
+
+    needs_data = True
+    default_batches = 1000
+    passes = 1  # forward/backward passes per batch (eta for SmoothGrad)
+
+    def __init__(
+        self, name: str, scope: str = "layer", accumulate: str = "sum_abs", seed: int = 0
+    ) -> None:
+        if scope not in ("layer", "global"):
+            raise ConfigError(f"strategy.scope must be 'layer' or 'global', got {scope!r}.")
+        if accumulate not in ACCUMULATE:
+            raise ConfigError(f"scoring.accumulate must be one of {ACCUMULATE}, got {accumulate!r}.")
+        self.name, self.scope, self.accumulate, self.seed = name, scope, accumulate, seed
+        self.scores: dict[str, torch.Tensor] = {}
+        self.batches_seen = 0
+        self._stack: contextlib.ExitStack | None = None
+
+    # -- data-free strategies override this -------------------------------------------------
+    def data_free_scores(self, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- gradient strategies override these -------------------------------------------------
+    def hooks(self, model: nn.Module, params: dict[str, nn.Parameter]) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def before_batch(self, model: nn.Module, batch: dict) -> None:
+        """Called before the scoring passes of a batch (e.g. to note the attention mask)."""
+
+    def batch_term(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The signed per-batch score of one tensor, e.g. ``W * G`` (may reuse ``grad``)."""
+        raise NotImplementedError
+
+    # -- Lightning callback hooks ------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        params = pl_module.prunable
+        self.scores = {name: torch.zeros_like(p, memory_format=torch.contiguous_format) for name, p in params.items()}
+        self.batches_seen = 0
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(self.hooks(pl_module.model, params))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.before_batch(pl_module.model, batch)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for name, p in pl_module.prunable.items():
+            if p.grad is None:
+                raise RuntimeError(f"no gradient reached {name!r} in the scoring pass.")
+            grad = p.grad.div_(self.passes) if self.passes > 1 else p.grad
+            term = self.batch_term(name, p.detach(), grad)
+            if self.accumulate == "sum_abs":
+                self.scores[name].add_(term.abs_())
+            else:
+                self.scores[name].add_(term)
+        self.batches_seen += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close()
+        if self.accumulate == "abs_of_mean":
+            for score in self.scores.values():
+                score.abs_().div_(max(self.batches_seen, 1))
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None

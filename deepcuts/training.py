@@ -1,0 +1,77 @@
+"""One fine-tuning phase with Lightning: a fresh optimiser, per-epoch dev metrics, and the best
+epoch (on the task's monitor metric) loaded back into the model when asked."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+
+class EpochMetrics(pl.Callback):
+    """Keeps every validation epoch's metrics, so the best and the last epoch are both reported."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {
+            k.split("/", 1)[1]: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/")
+        }
+        self.history.append({"epoch": trainer.current_epoch, **metrics})
+
+
+def fine_tune(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    cfg: DictConfig,
+    epochs: int,
+    folder: Path,  # the run folder: logs/<stage>/ and checkpoints/<stage>/ go under it
+    stage: str,
+    select_best: bool,
+    loggers: list[Logger] | None = None,
+) -> dict:
+    """Train ``epochs`` epochs (0: evaluate only). Returns ``{"selected", "last", "history",
+    "best_epoch"}``; with ``select_best`` the model ends with the best epoch's weights."""
+    monitor, mode = f"val/{cfg.data.monitor}", cfg.data.monitor_mode
+    tracker = EpochMetrics()
+    ckpt_dir = folder / "checkpoints" / stage
+    callbacks: list[pl.Callback] = [tracker]
+    checkpoint = None
+    if select_best and epochs > 0:
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True,
+            filename=f"{stage}-best",
+        )
+        callbacks.append(checkpoint)
+    logger = loggers if loggers is not None else [CSVLogger(save_dir=str(folder / "logs"), name=stage, version="")]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, max_epochs=epochs, callbacks=callbacks, logger=logger, default_root_dir=str(folder),
+        enable_checkpointing=checkpoint is not None,
+    )
+    model.stage = stage
+    if epochs > 0:
+        trainer.fit(model, datamodule=datamodule)
+    else:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    history = tracker.history
+    last = history[-1] if history else {}
+    selected, best_epoch = last, last.get("epoch")
+    if checkpoint is not None and checkpoint.best_model_path:
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+        sign = 1 if mode == "max" else -1
+        selected = max(history, key=lambda h: sign * h[cfg.data.monitor])
+        best_epoch = selected["epoch"]
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch}

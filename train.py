@@ -1,0 +1,35 @@
+"""DeepCuts entry point: ``python train.py [-m] data=stsb strategy=gradcam_shift ratio=3``."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from deepcuts.errors import ConfigError
+
+log = logging.getLogger("deepcuts")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from deepcuts.pipeline import run
+
+    try:
+        results = run(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info(
+        "%s %s ratio=%s seed=%s: dense %s=%.4f, pruned %s=%.4f, achieved ratio %.3f",
+        results["data"], results["strategy"], results["ratio"], results["seed"],
+        results["monitor"], results["dense"].get(results["monitor"], float("nan")),
+        results["monitor"], results["pruned"].get(results["monitor"], float("nan")),
+        results["achieved_ratio"],
+    )
+    return results["pruned"].get(results["monitor"])
+
+
+if __name__ == "__main__":
+    main()
