@@ -32,9 +32,9 @@ def zero_count(model, masks: dict[str, torch.Tensor]) -> int:
     total = 0
     for name, mask in masks.items():
         p = params.get(name)
-        if p is None:  # still reparametrised: effective weight is orig * mask
+        if p is None:  # still reparametrised: the effective weight is orig * mask
             module_name, _, pname = name.rpartition(".")
             module = model.get_submodule(module_name)
-            p = getattr(module, pname)
+            p = getattr(module, f"{pname}_orig") * getattr(module, f"{pname}_mask")
         total += int(torch.count_nonzero(p.detach().cpu()[~mask.bool()]))
     return total

@@ -1,0 +1,344 @@
+"""How similar are the masks of two pruning strategies? IoU of kept and pruned weights.
+
+Built only on the outputs contract of a run folder (``results.json`` + ``masks.safetensors``, one
+bool tensor per pruned parameter, True = kept). Runs are compared only when data, model, ratio and
+seed agree; with several seeds every number is computed per seed, then averaged.
+
+IoU (Jaccard index) of two masks A, B is ``|A & B| / |A | B|``. When both are empty the IoU is
+defined as 1.0 (two empty sets are identical). The paper's number is the IoU of the *pruned* sets,
+``iou(~A, ~B)``; at high sparsity it is large even for unrelated masks, so each IoU is reported
+next to the expected IoU of two random masks at the same densities.
+
+Random baseline: two independent masks of ``n`` entries keeping ``round(p n)`` and ``round(q n)``
+entries uniformly at random have, for large ``n``, ``E|A & B| ~ n p q`` and
+``E|A | B| ~ n (p + q - p q)``, so ``IoU_random ~ p q / (p + q - p q)`` (1.0 when p = q = 0). The
+pruned-set baseline is the same formula at ``1 - p, 1 - q``. E.g. p = q = 0.147 gives a kept IoU
+of 0.0794 and a pruned IoU of 0.743 by chance alone.
+
+Usage: ``python -m deepcuts.analysis.mask_iou RUN_FOLDERS... --out OUT [--heads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from deepcuts.analysis import plots_iou as P
+
+RESULTS, MASKS = "results.json", "masks.safetensors"
+_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+STATS = ["iou_kept", "iou_kept_random", "iou_pruned", "iou_pruned_random", "density_a", "density_b"]
+KEYS = ["data", "model", "ratio", "seed", "strategy_a", "strategy_b"]
+TENSOR_COLUMNS = [*KEYS, "parameter", "layer", *STATS]
+HEAD_COLUMNS = [*KEYS, "layer", "head", *STATS]
+
+
+def iou(a, b) -> float:
+    """Jaccard index of two boolean masks of the same shape; 1.0 when both are empty."""
+    a, b = torch.as_tensor(a).bool(), torch.as_tensor(b).bool()
+    if a.shape != b.shape:
+        raise ValueError(f"cannot compare masks of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def random_iou(p: float, q: float) -> float:
+    """Expected IoU of two independent random masks with densities p, q: ``pq / (p + q - pq)``
+    (large-n closed form, see the module docstring); 1.0 when p = q = 0."""
+    if not (0 <= p <= 1 and 0 <= q <= 1):
+        raise ValueError(f"densities must be in [0, 1], got {p} and {q}")
+    union = p + q - p * q
+    return 1.0 if union <= 0 else p * q / union
+
+
+def pair_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Kept and pruned IoU of two masks, each with its random baseline, and both densities."""
+    n = max(a.numel(), 1)
+    pa, pb = int(a.sum()) / n, int(b.sum()) / n
+    return {
+        "iou_kept": iou(a, b), "iou_kept_random": random_iou(pa, pb),
+        "iou_pruned": iou(~a, ~b), "iou_pruned_random": random_iou(1 - pa, 1 - pb),
+        "density_a": pa, "density_b": pb,
+    }
+
+
+def layer_index(name: str) -> int | None:
+    """``...encoder.layer.<i>.`` -> i; anything else (the pooler) -> None."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def layer_label(name: str) -> str:
+    """The encoder layer as a string, ``"pooler"`` for the pooler, ``"other"`` for the rest."""
+    index = layer_index(name)
+    if index is not None:
+        return str(index)
+    return "pooler" if "pooler." in name else "other"
+
+
+def _layer_prefix(masks: dict[str, torch.Tensor], layer: int) -> str:
+    for name in masks:
+        match = _LAYER.search(name)
+        if match and int(match.group(1)) == layer:
+            return name[: match.end()]
+    raise ValueError(f"no mask of encoder layer {layer}")
+
+
+def head_slices(masks: dict[str, torch.Tensor], layer: int, heads: int) -> dict[int, dict]:
+    """Per head, its pieces of the layer's masks: rows ``h*d:(h+1)*d`` of the query, key and value
+    weight and bias, and columns ``h*d:(h+1)*d`` of ``attention.output.dense.weight`` (d = hidden /
+    heads, hidden = the query weight's rows). Pieces whose tensor was not pruned are left out."""
+    prefix = _layer_prefix(masks, layer)
+    query = masks.get(f"{prefix}attention.self.query.weight")
+    if query is None:
+        raise ValueError(f"layer {layer} has no mask for attention.self.query.weight")
+    hidden = query.shape[0]
+    if heads < 1 or hidden % heads:
+        raise ValueError(f"hidden size {hidden} of layer {layer} does not split into {heads} heads")
+    size = hidden // heads
+    output = masks.get(f"{prefix}attention.output.dense.weight")
+    pieces: dict[int, dict] = {}
+    for head in range(heads):
+        rows = slice(head * size, (head + 1) * size)
+        pieces[head] = {
+            f"{part}.{kind}": masks[f"{prefix}attention.self.{part}.{kind}"][rows]
+            for part in ("query", "key", "value")
+            for kind in ("weight", "bias")
+            if f"{prefix}attention.self.{part}.{kind}" in masks
+        }
+        if output is not None:
+            pieces[head]["output.dense.weight"] = output[:, rows]
+    return pieces
+
+
+def _head_masks(masks, layer, heads) -> list[torch.Tensor]:
+    return [
+        torch.cat([piece.reshape(-1) for piece in part.values()])
+        for part in head_slices(masks, layer, heads).values()
+    ]
+
+
+def head_stats(masks_a, masks_b, layer: int, heads: int) -> list[dict[str, float]]:
+    """``pair_stats`` of each head's kept weights (all its pieces together)."""
+    return [pair_stats(a, b) for a, b in zip(_head_masks(masks_a, layer, heads),
+                                             _head_masks(masks_b, layer, heads), strict=True)]
+
+
+def head_iou(masks_a, masks_b, layer: int, heads: int) -> list[float]:
+    """IoU of each head's kept weights (Q/K/V rows and attention-output columns)."""
+    return [s["iou_kept"] for s in head_stats(masks_a, masks_b, layer, heads)]
+
+
+@dataclass
+class Run:
+    """A finished run folder; masks are loaded on first use."""
+
+    folder: Path
+    results: dict
+    heads_option: int | None = None
+    _masks: dict | None = field(default=None, repr=False)
+
+    @property
+    def data(self) -> str:
+        return self.results["data"]
+
+    @property
+    def model(self) -> str:
+        return self.results["model"]
+
+    @property
+    def strategy(self) -> str:
+        return self.results["strategy"]
+
+    @property
+    def ratio(self) -> float:
+        return float(self.results["ratio"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.results["seed"])
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        if self._masks is None:
+            self._masks = {k: v.bool() for k, v in load_file(str(self.folder / MASKS)).items()}
+        return self._masks
+
+    def heads(self, hidden: int) -> int:
+        """``results.json``'s num_attention_heads, else --heads, else ``config.yaml``'s
+        model.config.num_attention_heads, else 12 (BERT-base, MiniLM) if it divides hidden."""
+        for value in (self.results.get("num_attention_heads"), self.heads_option, self._config_heads()):
+            if value:
+                return int(value)
+        return 12 if hidden % 12 == 0 else (hidden // 64 if hidden % 64 == 0 else 1)
+
+    def _config_heads(self) -> int | None:
+        try:
+            import yaml
+
+            cfg = yaml.safe_load((self.folder / "config.yaml").read_text())
+            return cfg["model"]["config"]["num_attention_heads"]
+        except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError):
+            return None
+
+
+def load_run(folder, heads: int | None = None) -> Run:
+    folder = Path(folder)
+    return Run(folder, json.loads((folder / RESULTS).read_text()), heads)
+
+
+def find_runs(paths: Iterable, heads: int | None = None) -> tuple[list[Run], list[tuple[str, str]]]:
+    """Every ``results.json`` under the paths (searched recursively): usable runs, and skipped
+    folders with the reason (incomplete, no masks, unreadable, duplicate)."""
+    runs, skipped, seen = [], [], {}
+    files = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            skipped.append((str(path), "not found"))
+        elif path.is_dir():
+            files.update(p.resolve() for p in path.rglob(RESULTS))
+    for file in sorted(files):
+        try:
+            run = load_run(file.parent, heads)
+            key = (run.data, run.model, run.ratio, run.seed, run.strategy)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            skipped.append((str(file.parent), f"unreadable results.json ({err})"))
+            continue
+        if run.results.get("status") != "complete":
+            skipped.append((str(file.parent), f"status {run.results.get('status')!r}"))
+        elif not (file.parent / MASKS).is_file():
+            skipped.append((str(file.parent), f"no {MASKS}"))
+        elif key in seen:
+            skipped.append((str(file.parent), f"duplicate of {seen[key]}"))
+        else:
+            seen[key] = str(file.parent)
+            runs.append(run)
+    return runs, skipped
+
+
+def compare_runs(run_a, run_b) -> pd.DataFrame:
+    """One row per prunable tensor: kept and pruned IoU with their random baselines. Raises
+    ``ValueError`` when the two runs' mask names or shapes differ (masks of different models)."""
+    run_a = run_a if isinstance(run_a, Run) else load_run(run_a)
+    run_b = run_b if isinstance(run_b, Run) else load_run(run_b)
+    masks_a, masks_b = run_a.masks, run_b.masks
+    for name in sorted(set(masks_a) ^ set(masks_b)):
+        owner, other = (run_a, run_b) if name in masks_a else (run_b, run_a)
+        raise ValueError(f"mask {name!r} is in {owner.folder} but not in {other.folder}: "
+                         "the masks come from different models")
+    rows = []
+    for name, a in masks_a.items():
+        b = masks_b[name]
+        if a.shape != b.shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(a.shape)} in {run_a.folder} but "
+                             f"{tuple(b.shape)} in {run_b.folder}: the masks come from different models")
+        rows.append({**_keys(run_a, run_b), "parameter": name, "layer": layer_label(name),
+                     **pair_stats(a, b)})
+    return pd.DataFrame(rows, columns=TENSOR_COLUMNS)
+
+
+def compare_heads(run_a: Run, run_b: Run) -> pd.DataFrame:
+    """One row per (layer, head) of every layer whose attention query weight was pruned."""
+    rows = []
+    for name, query in run_a.masks.items():
+        if not name.endswith("attention.self.query.weight") or layer_index(name) is None:
+            continue
+        hidden, layer = query.shape[0], layer_index(name)
+        heads_a, heads_b = run_a.heads(hidden), run_b.heads(hidden)
+        if heads_a != heads_b:
+            raise ValueError(f"{run_a.folder} has {heads_a} heads but {run_b.folder} {heads_b}")
+        for head, stats in enumerate(head_stats(run_a.masks, run_b.masks, layer, heads_a)):
+            rows.append({**_keys(run_a, run_b), "layer": layer, "head": head, **stats})
+    return pd.DataFrame(rows, columns=HEAD_COLUMNS)
+
+
+def _keys(run_a: Run, run_b: Run) -> dict:
+    return {"data": run_a.data, "model": run_a.model, "ratio": run_a.ratio,
+            "seed": run_a.seed, "strategy_a": run_a.strategy, "strategy_b": run_b.strategy}
+
+
+def layer_table(tensors: pd.DataFrame) -> pd.DataFrame:
+    """Per pair and layer: mean and min over the layer's tensors, kept and pruned, with the mean
+    random baselines."""
+    aggs = {f"{c}_{f}": (c, f) for c in ("iou_kept", "iou_pruned") for f in ("mean", "min")}
+    aggs.update({f"{c}_mean": (c, "mean") for c in ("iou_kept_random", "iou_pruned_random")})
+    table = tensors.groupby([*KEYS, "layer"], sort=False).agg(n_tensors=("parameter", "size"), **aggs)
+    table = table.reset_index()
+    return table.sort_values([*KEYS, "layer"], key=P.sort_key, kind="stable", ignore_index=True)
+
+
+def layer_sparsity(run: Run) -> list[dict]:
+    """Kept fraction per layer (all the layer's pruned tensors together) of one run."""
+    totals: dict[str, list[int]] = {}
+    for name, mask in run.masks.items():
+        total = totals.setdefault(layer_label(name), [0, 0])
+        total[0] += int(mask.sum())
+        total[1] += mask.numel()
+    return [{"data": run.data, "model": run.model, "ratio": run.ratio, "seed": run.seed,
+             "strategy": run.strategy, "keep_fraction": run.results.get("keep_fraction"),
+             "layer": layer, "kept": kept, "numel": n, "kept_fraction": kept / n}
+            for layer, (kept, n) in totals.items()]
+
+
+def analyse(folders: Sequence, out, heads: int | None = None) -> dict[str, Path]:
+    """Compare every pair of strategies within each (data, model, ratio, seed); write the CSVs,
+    PNGs and ``summary.md`` into ``out``. Returns ``{name: path}`` of the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, skipped = find_runs(folders, heads)
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.data, run.model, run.ratio, run.seed), []).append(run)
+    tensors, heads_dfs, sparsity = [], [], []
+    for _, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        members.sort(key=lambda r: r.strategy)
+        for run in members:
+            sparsity.extend(layer_sparsity(run))
+        for run_a, run_b in itertools.combinations(members, 2):
+            tensors.append(compare_runs(run_a, run_b))
+            heads_dfs.append(compare_heads(run_a, run_b))
+        for run in members:
+            run._masks = None  # free the memory before the next group
+    tensor_df = _concat(tensors, TENSOR_COLUMNS)
+    tables = {"tensor_iou": tensor_df, "layer_iou": layer_table(tensor_df),
+              "head_iou": _concat(heads_dfs, HEAD_COLUMNS),
+              "layer_sparsity": pd.DataFrame(sparsity)}
+    written = {}
+    for name, table in tables.items():
+        written[name] = out / f"{name}.csv"
+        table.to_csv(written[name], index=False)
+    written.update(P.write_plots(tables, out))
+    written["summary"] = out / "summary.md"
+    written["summary"].write_text(P.summary_markdown(tables, runs, skipped, written))
+    return written
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mask_analysis", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders or multirun roots (searched recursively)")
+    parser.add_argument("--out", required=True, help="folder for the CSVs, PNGs and summary.md")
+    parser.add_argument("--heads", type=int, default=None,
+                        help="attention heads when results.json lacks num_attention_heads "
+                             "(default: config.yaml's model.config, else 12)")
+    args = parser.parse_args(argv)
+    for name, path in analyse(args.runs, args.out, args.heads).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Comparison report over finished runs (the paper's Figures 6-8 and their table).
+
+    python experiments/report.py RUN_FOLDER [RUN_FOLDER ...] [--out OUT_FOLDER]
+
+Folders are searched recursively for ``results.json``; ``--out`` defaults to ``FIRST/report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
+
+from deepcuts.analysis.report import write_report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, metavar="RUN_FOLDER",
+                        help="a run or sweep folder, searched recursively")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where report.csv, report.md and <data>.png go (default: FIRST/report)")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        parser.error(f"no such folder: {', '.join(missing)}")  # exit status 2
+    written = write_report(args.folders, args.out or args.folders[0] / "report")
+    print(f"wrote {written['csv']}, {written['markdown']} and {len(written['plots'])} plot(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
