@@ -48,8 +48,10 @@ def read_tsv(path: Path, header: bool, columns: list[str] | None) -> datasets.Da
             f"else {DEFAULT_GLUE_DIR}. Point to your GLUE folder with data.root=/path/to/glue "
             "or GLUE_DIR=/path/to/glue."
         )
-    if path.stat().st_size == 0:
-        raise ConfigError(f"data file {path} is empty.")
+    with open(path, encoding="utf-8") as fh:
+        lines = [line for _, line in zip(range(2), fh) if line.strip()]
+    if len(lines) < (2 if header else 1):
+        raise ConfigError(f"data file {path} is empty" + (" (a header but no rows)." if lines else "."))
     try:
         ds = datasets.load_dataset(
             "csv",
