@@ -147,25 +147,11 @@ class Run:
     heads_option: int | None = None
     _masks: dict | None = field(default=None, repr=False)
 
-    @property
-    def data(self) -> str:
-        return self.results["data"]
-
-    @property
-    def model(self) -> str:
-        return self.results["model"]
-
-    @property
-    def strategy(self) -> str:
-        return self.results["strategy"]
-
-    @property
-    def ratio(self) -> float:
-        return float(self.results["ratio"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.results["seed"])
+    data = property(lambda self: self.results["data"])
+    model = property(lambda self: self.results["model"])
+    strategy = property(lambda self: self.results["strategy"])
+    ratio = property(lambda self: float(self.results["ratio"]))
+    seed = property(lambda self: int(self.results["seed"]))
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:

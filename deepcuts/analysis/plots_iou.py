@@ -232,7 +232,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame], runs: list, skipped: list,
             for r in pairs.itertuples(index=False):
                 times = r.iou_kept / r.iou_kept_random if r.iou_kept_random > 0 else float("nan")
                 lines.append(f"| {r.strategy_a} | {r.strategy_b} | {_fmt(r.iou_kept)} | "
-                             f"{_fmt(r.iou_kept_random)} | {_fmt(times, 1)}× | {_fmt(r.iou_pruned)} | "
+                             f"{_fmt(r.iou_kept_random)} | {_fmt(times, 1)}{'' if pd.isna(times) else '×'} | {_fmt(r.iou_pruned)} | "
                              f"{_fmt(r.iou_pruned_random)} | {_fmt(r.layer_min)} | {r.n_seeds} |")
             lines.append("")
         figures = _figures(written, tag)

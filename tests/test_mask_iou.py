@@ -1,0 +1,220 @@
+"""Mask IoU analysis: hand-made masks, the random baseline, head slicing, and an end-to-end run on
+fake run folders (no training)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from deepcuts.analysis import mask_iou as MI
+
+HIDDEN, INTER, HEADS, LAYERS = 4, 8, 2, 2
+
+
+def bert_shapes(layers: int = LAYERS, hidden: int = HIDDEN, inter: int = INTER) -> dict[str, tuple]:
+    shapes = {}
+    for i in range(layers):
+        p = f"bert.encoder.layer.{i}."
+        for part in ("query", "key", "value"):
+            shapes[f"{p}attention.self.{part}.weight"] = (hidden, hidden)
+            shapes[f"{p}attention.self.{part}.bias"] = (hidden,)
+        shapes[f"{p}attention.output.dense.weight"] = (hidden, hidden)
+        shapes[f"{p}intermediate.dense.weight"] = (inter, hidden)
+        shapes[f"{p}output.dense.weight"] = (hidden, inter)
+    shapes["bert.pooler.dense.weight"] = (hidden, hidden)
+    shapes["bert.pooler.dense.bias"] = (hidden,)
+    return shapes
+
+
+def random_masks(seed: int, shapes: dict[str, tuple] | None = None) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(shape, generator=gen) < 0.4 for name, shape in (shapes or bert_shapes()).items()}
+
+
+def write_run(folder: Path, strategy: str, masks: dict, seed: int = 0, status: str = "complete",
+              with_masks: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    if with_masks:
+        save_file({k: v.contiguous() for k, v in masks.items()}, str(folder / "masks.safetensors"))
+    results = {"status": status, "data": "sst2", "model": "tiny", "strategy": strategy,
+               "ratio": 6.8, "seed": seed, "keep_fraction": 0.147, "num_attention_heads": HEADS}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+# --- IoU and the random baseline -------------------------------------------------------------
+
+
+def test_iou_hand_made():
+    assert MI.iou(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 0])) == pytest.approx(1 / 3)
+    a = torch.tensor([[True, False], [True, True]])
+    assert MI.iou(a, a) == 1.0
+    assert MI.iou(a, ~a) == 0.0
+    assert MI.iou(torch.zeros(5, dtype=torch.bool), torch.zeros(5, dtype=torch.bool)) == 1.0
+    with pytest.raises(ValueError, match=r"\(4,\) and \(3,\)"):
+        MI.iou(torch.ones(4, dtype=torch.bool), torch.ones(3, dtype=torch.bool))
+
+
+def test_random_iou_closed_form():
+    assert MI.random_iou(0.147, 0.147) == pytest.approx(0.0794, abs=1e-4)
+    assert MI.random_iou(1 - 0.147, 1 - 0.147) == pytest.approx(0.743, abs=1e-3)
+    assert MI.random_iou(1.0, 1.0) == 1.0
+    assert MI.random_iou(0.0, 0.0) == 1.0  # both empty
+    assert MI.random_iou(0.0, 0.5) == 0.0
+    with pytest.raises(ValueError):
+        MI.random_iou(1.5, 0.2)
+
+
+def test_random_iou_monte_carlo():
+    gen = torch.Generator().manual_seed(0)
+    n = 10_000
+    for p, q in ((0.147, 0.147), (0.3, 0.6)):
+        ious = []
+        for _ in range(100):
+            a = torch.zeros(n, dtype=torch.bool)
+            b = torch.zeros(n, dtype=torch.bool)
+            a[torch.randperm(n, generator=gen)[: round(p * n)]] = True
+            b[torch.randperm(n, generator=gen)[: round(q * n)]] = True
+            ious.append(MI.iou(a, b))
+        assert sum(ious) / len(ious) == pytest.approx(MI.random_iou(p, q), abs=0.01)
+
+
+def test_layer_index():
+    assert MI.layer_index("bert.encoder.layer.0.attention.self.query.weight") == 0
+    assert MI.layer_index("bert.encoder.layer.11.output.dense.weight") == 11
+    assert MI.layer_index("bert.pooler.dense.weight") is None
+    assert MI.layer_label("bert.pooler.dense.bias") == "pooler"
+    assert MI.layer_label("bert.encoder.layer.3.intermediate.dense.weight") == "3"
+
+
+# --- heads --------------------------------------------------------------------------------------
+
+
+def test_head_slices_pick_rows_and_columns():
+    p = "bert.encoder.layer.0."
+    index = torch.arange(HIDDEN * HIDDEN).reshape(HIDDEN, HIDDEN)
+    masks = {
+        # head 0 = rows 0-1, head 1 = rows 2-3: query keeps only head 0's rows, key only head 1's
+        f"{p}attention.self.query.weight": torch.tensor([[1] * 4, [1] * 4, [0] * 4, [0] * 4]).bool(),
+        f"{p}attention.self.query.bias": torch.tensor([1, 0, 0, 0]).bool(),
+        f"{p}attention.self.key.weight": torch.tensor([[0] * 4, [0] * 4, [1] * 4, [1] * 4]).bool(),
+        f"{p}attention.self.key.bias": torch.tensor([0, 0, 0, 1]).bool(),
+        f"{p}attention.self.value.weight": index % 2 == 0,
+        f"{p}attention.self.value.bias": torch.tensor([0, 1, 1, 0]).bool(),
+        # columns 0-1 belong to head 0: keep column 0 only
+        f"{p}attention.output.dense.weight": torch.tensor([[1, 0, 0, 0]] * 4).bool(),
+        f"{p}intermediate.dense.weight": torch.ones(INTER, HIDDEN, dtype=torch.bool),
+    }
+    heads = MI.head_slices(masks, 0, HEADS)
+    assert set(heads) == {0, 1}
+    expected_keys = {f"{part}.{kind}" for part in ("query", "key", "value") for kind in ("weight", "bias")}
+    assert set(heads[0]) == set(heads[1]) == expected_keys | {"output.dense.weight"}
+    assert heads[0]["query.weight"].all() and not heads[1]["query.weight"].any()
+    assert not heads[0]["key.weight"].any() and heads[1]["key.weight"].all()
+    assert heads[0]["query.bias"].tolist() == [True, False]
+    assert heads[1]["query.bias"].tolist() == [False, False]
+    assert heads[1]["key.bias"].tolist() == [False, True]
+    assert heads[0]["value.bias"].tolist() == [False, True]
+    assert heads[1]["value.bias"].tolist() == [True, False]
+    assert torch.equal(heads[1]["value.weight"], (index % 2 == 0)[2:4])
+    assert heads[0]["query.weight"].shape == (2, HIDDEN)
+    # attention output: columns, not rows
+    assert heads[0]["output.dense.weight"].shape == (HIDDEN, 2)
+    assert heads[0]["output.dense.weight"].tolist() == [[True, False]] * 4
+    assert not heads[1]["output.dense.weight"].any()
+    with pytest.raises(ValueError, match="3 heads"):
+        MI.head_slices(masks, 0, 3)
+
+
+def test_head_iou_per_head():
+    masks_a = random_masks(1)
+    masks_b = {k: v.clone() for k, v in masks_a.items()}
+    # change only head 1 of layer 0 (query rows 2-3)
+    masks_b["bert.encoder.layer.0.attention.self.query.weight"][2:4] ^= True
+    ious = MI.head_iou(masks_a, masks_b, 0, HEADS)
+    assert ious[0] == 1.0 and ious[1] < 1.0
+    assert MI.head_iou(masks_a, masks_b, 1, HEADS) == [1.0, 1.0]
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_analyse_end_to_end(tmp_path):
+    root = tmp_path / "multirun"
+    for i, strategy in enumerate("abc"):
+        write_run(root / str(i), strategy, random_masks(i))
+    write_run(root / "no_masks", "d", {}, with_masks=False)
+    write_run(root / "running", "e", random_masks(7), status="running")
+    out = tmp_path / "analysis"
+    written = MI.analyse([root], out)
+
+    stems = ["tensor_iou", "layer_iou", "head_iou", "summary", "heatmap_mean_sst2_r6.8",
+             "heatmap_min_sst2_r6.8", "layers_sst2_r6.8", "sparsity_sst2_r6.8",
+             *(f"heads_sst2_r6.8_{a}_vs_{b}" for a, b in itertools.combinations("abc", 2))]
+    for stem in stems:
+        assert written[stem].is_file() and written[stem].stat().st_size > 0, stem
+        assert written[stem].parent == out
+    assert {p.name for p in written.values()} >= {"tensor_iou.csv", "summary.md", "heads_sst2_r6.8_a_vs_b.png"}
+
+    tensors = pd.read_csv(out / "tensor_iou.csv")
+    n_tensors = len(bert_shapes())
+    assert len(tensors) == 3 * n_tensors
+    assert set(zip(tensors["strategy_a"], tensors["strategy_b"], strict=True)) == {("a", "b"), ("a", "c"), ("b", "c")}
+    assert tensors["iou_kept"].between(0, 1).all() and tensors["iou_kept_random"].between(0, 1).all()
+    layers = pd.read_csv(out / "layer_iou.csv")
+    assert len(layers) == 3 * (LAYERS + 1)  # two encoder layers and the pooler
+    assert (layers["iou_kept_min"] <= layers["iou_kept_mean"] + 1e-12).all()
+    heads = pd.read_csv(out / "head_iou.csv")
+    assert len(heads) == 3 * LAYERS * HEADS
+
+    summary = (out / "summary.md").read_text()
+    assert "× chance" in summary and "| a | b |" in summary
+    assert "no masks.safetensors" in summary and "status 'running'" in summary
+
+    run_a = MI.load_run(root / "0")
+    same = MI.compare_runs(run_a, run_a)
+    assert len(same) == n_tensors
+    assert (same["iou_kept"] == 1.0).all() and (same["iou_pruned"] == 1.0).all()
+    assert (same["density_a"] == same["density_b"]).all()
+    assert MI.compare_heads(run_a, run_a)["iou_kept"].eq(1.0).all()
+
+
+def test_seeds_are_compared_separately_then_averaged(tmp_path):
+    for seed in (0, 1):
+        for strategy in "ab":
+            write_run(tmp_path / f"s{seed}{strategy}", strategy, random_masks(10 * seed + ord(strategy)), seed=seed)
+    out = tmp_path / "out"
+    MI.analyse([tmp_path], out)
+    tensors = pd.read_csv(out / "tensor_iou.csv")
+    assert sorted(tensors["seed"].unique()) == [0, 1]
+    assert len(tensors) == 2 * len(bert_shapes())
+    assert "seeds 0, 1" in (out / "summary.md").read_text()
+
+
+def test_mismatched_masks_raise(tmp_path):
+    masks_a = random_masks(0)
+    masks_b = dict(masks_a)
+    name = "bert.encoder.layer.1.intermediate.dense.weight"
+    masks_b[name] = torch.ones(INTER + 2, HIDDEN, dtype=torch.bool)
+    run_a = write_run(tmp_path / "a", "a", masks_a)
+    run_b = write_run(tmp_path / "b", "b", masks_b)
+    with pytest.raises(ValueError, match=rf"{name}.*\(8, 4\).*\(10, 4\)"):
+        MI.compare_runs(run_a, run_b)
+    missing = {k: v for k, v in masks_a.items() if k != "bert.pooler.dense.bias"}
+    run_c = write_run(tmp_path / "c", "c", missing)
+    with pytest.raises(ValueError, match="bert.pooler.dense.bias"):
+        MI.compare_runs(run_a, run_c)
+
+
+def test_cli_main(tmp_path, capsys):
+    for strategy in "ab":
+        write_run(tmp_path / "runs" / strategy, strategy, random_masks(ord(strategy)))
+    assert MI.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "summary.md").is_file()
+    assert "tensor_iou" in capsys.readouterr().out
