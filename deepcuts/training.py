@@ -61,6 +61,9 @@ def fine_tune(
     )
     model.stage = stage
     if epochs > 0:
+        # Lightning keeps each submodule's train/eval mode as it finds it, and transformers'
+        # from_pretrained returns eval mode: without this, fine-tuning would run without dropout.
+        model.train()
         trainer.fit(model, datamodule=datamodule)
     else:
         trainer.validate(model, datamodule=datamodule, verbose=False)

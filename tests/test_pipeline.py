@@ -104,3 +104,20 @@ def test_bad_ratio_fails_before_any_output(make_cfg, tmp_path):
         run(make_cfg("ratio=5"))
     assert not (tmp_path / "run" / "results.json").exists()
     assert not (tmp_path / "cache" / "dense").exists()
+
+
+def test_fine_tuning_runs_with_dropout_on(make_cfg, tmp_path):
+    """from_pretrained returns eval mode and Lightning keeps module modes: training must switch."""
+    from deepcuts.data import GlueDataModule
+    from deepcuts.training import fine_tune
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg("data=stsb")
+    tok = load_tokenizer(cfg.model.tokenizer)
+    model = build_model(cfg, tok)
+    model.eval()
+    data = GlueDataModule(tok, **OmegaConf.to_container(cfg.data, resolve=True), seed=0)
+    seen = []
+    model.bert.embeddings.dropout.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    fine_tune(model, data, cfg, 1, tmp_path / "ft", "dense", select_best=False)
+    assert seen and seen[0] is True
