@@ -49,7 +49,7 @@ def read_tsv(path: Path, header: bool, columns: list[str] | None) -> datasets.Da
             "or GLUE_DIR=/path/to/glue."
         )
     with open(path, encoding="utf-8") as fh:
-        lines = [line for _, line in zip(range(2), fh) if line.strip()]
+        lines = [line for _, line in zip(range(2), fh, strict=False) if line.strip()]
     if len(lines) < (2 if header else 1):
         raise ConfigError(f"data file {path} is empty" + (" (a header but no rows)." if lines else "."))
     try:

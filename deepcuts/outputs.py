@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -76,7 +77,12 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
         "scoring": _plain(cfg.scoring),
         "prune": _plain(cfg.prune),
     }
-    return {"dense": dense, "scores": scores}
+    run = {
+        "scores": scores,
+        "strategy": _plain(cfg.strategy),
+        **{k: cfg[k] for k in ("ratio", "ratio_basis", "rewind", "epochs_final")},
+    }
+    return {"dense": dense, "scores": scores, "run": run}
 
 
 def _file_ids(cfg: DictConfig) -> dict:
@@ -89,6 +95,27 @@ def _file_ids(cfg: DictConfig) -> dict:
         path = folder / name
         ids[name] = [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
     return ids
+
+
+RUN_FILES = (RESULTS, MASKS, "sparsity.csv", "config.yaml")
+
+
+def store_run(folder: Path, out: Path) -> None:
+    """Copy a finished run's contract files into a cache entry (results.json last)."""
+    for name in RUN_FILES:
+        if (out / name).is_file():
+            shutil.copy2(out / name, folder / name)
+
+
+def restore_run(entry: Path, out: Path) -> dict:
+    """Copy a cached finished run into ``out``; results.json is written last."""
+    for name in (*RUN_FILES[1:], RESULTS):
+        if (entry / name).is_file():
+            with atomic_path(out / name) as tmp:
+                shutil.copy2(entry / name, tmp)
+    results = read_results(out)
+    results["cache"] = {"hits": ["run"], "builds": []}
+    return results
 
 
 def save_dense(folder: Path, model, result: dict) -> None:
@@ -137,7 +164,7 @@ def collect_results(
         "epochs_final": cfg.epochs_final,
         "scoring_batches": meta.get("batches"),
         "timings_s": timings,
-        "cache": {"hits": cache.hits, "builds": cache.builds},
+        "cache": {"hits": list(cache.hits), "builds": list(cache.builds)},
     }
 
 

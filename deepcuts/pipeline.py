@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -21,7 +20,8 @@ from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import GlueModel, load_encoder, load_tokenizer
 from deepcuts.scoring import run_scoring
-from deepcuts.store import StageCache, read_tensors, write_json, write_tensors
+from deepcuts.store import StageCache, read_tensors, write_tensors
+from deepcuts.tracking import tracking
 from deepcuts.training import fine_tune
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,15 @@ def run(cfg: DictConfig) -> dict:
     out = outputs.prepare_output_dir(cfg.output_dir)
     if cfg.rewind not in REWIND:
         raise ConfigError(f"rewind={cfg.rewind!r} is unknown; use one of {REWIND}.")
-    if cfg.get("resume", True) and outputs.is_complete(out):
-        log.info("%s already holds complete results: skipping (resume=false to redo)", out)
-        return outputs.read_results(out)
+    cache = StageCache(cfg.cache_dir, enabled=cfg.cache)
+    specs = outputs.stage_specs(cfg)
+    if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
+        if outputs.is_complete(out):
+            log.info("%s already holds complete results: skipping (resume=false to redo)", out)
+            return outputs.read_results(out)
+        if (done := cache.lookup("runs", specs["run"])) is not None:
+            log.info("identical job finished before (%s): copying its results", done)
+            return outputs.restore_run(done, out)
     t0, timings = time.perf_counter(), {}
 
     # Everything that can fail on bad input fails here, before any training.
@@ -58,48 +64,56 @@ def run(cfg: DictConfig) -> dict:
     data = GlueDataModule(tokenizer, **OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed)
     data.setup()
     timings["setup"] = time.perf_counter() - t0
-    cache = StageCache(cfg.cache_dir, enabled=cfg.cache)
-    specs = outputs.stage_specs(cfg)
 
-    # 1. Dense fine-tune (shared by every strategy and ratio).
-    t = time.perf_counter()
-    dense_dir = cache.get_or_build(
-        "dense", specs["dense"],
-        lambda d: outputs.save_dense(d, model, fine_tune(model, data, cfg, cfg.epochs_dense, out, "dense", select_best=False)),
-        work=out / "dense",
-    )
-    dense = outputs.load_dense(dense_dir, model)
-    timings["dense"] = time.perf_counter() - t
+    with tracking(cfg, out) as tracker:
+        # 1. Dense fine-tune (shared by every strategy and ratio).
+        t = time.perf_counter()
+        dense_dir = cache.get_or_build(
+            "dense", specs["dense"],
+            lambda d: outputs.save_dense(d, model, fine_tune(
+                model, data, cfg, cfg.epochs_dense, out, "dense", select_best=False,
+                loggers=tracker.loggers("dense", use_wandb=False),
+            )),
+            work=out / "dense",
+        )
+        dense = outputs.load_dense(dense_dir, model)
+        timings["dense"] = time.perf_counter() - t
 
-    # 2. Scores (shared by every ratio and by the layer/global variants of a strategy).
-    t = time.perf_counter()
-    loader = data.scoring_dataloader(cfg.seed) if strategy.needs_data else None
-    score_dir = cache.get_or_build(
-        "scores", specs["scores"],
-        lambda d: write_tensors(d / "scores.safetensors", run_scoring(
-            model, prunable, strategy, loader, cfg.scoring.batches, cfg.scoring.dropout,
-            trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
-        ), metadata={"batches": str(strategy.batches_seen)}),
-        work=out / "scores",
-    )
-    scores = read_tensors(score_dir / "scores.safetensors")
-    timings["scoring"] = time.perf_counter() - t
+        # 2. Scores (shared by every ratio and by the layer/global variants of a strategy).
+        t = time.perf_counter()
+        loader = data.scoring_dataloader(cfg.seed) if strategy.needs_data else None
+        score_dir = cache.get_or_build(
+            "scores", specs["scores"],
+            lambda d: write_tensors(d / "scores.safetensors", run_scoring(
+                model, prunable, strategy, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
+            ), metadata={"batches": str(strategy.batches_seen)}),
+            work=out / "scores",
+        )
+        scores = read_tensors(score_dir / "scores.safetensors")
+        timings["scoring"] = time.perf_counter() - t
 
-    # 3. Masks, 4. rewind, then attach the masks.
-    masks = M.build_masks(scores, keep_fraction, strategy.scope)
-    if cfg.rewind == "pretrained":
-        model.load_state_dict(initial)
-    M.apply_masks(model, masks)
+        # 3. Masks, 4. rewind, then attach the masks.
+        masks = M.build_masks(scores, keep_fraction, strategy.scope)
+        if cfg.rewind == "pretrained":
+            model.load_state_dict(initial)
+        M.apply_masks(model, masks)
 
-    # 5. Masked fine-tune with a fresh optimiser; the best dev epoch is kept.
-    t = time.perf_counter()
-    pruned = fine_tune(model, data, cfg, cfg.epochs_final, out, "pruned", select_best=True)
-    timings["pruned"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
+        # 5. Masked fine-tune with a fresh optimiser; the best dev epoch is kept.
+        t = time.perf_counter()
+        pruned = fine_tune(
+            model, data, cfg, cfg.epochs_final, out, "pruned", select_best=True,
+            loggers=tracker.loggers("pruned"),
+        )
+        timings["pruned"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
 
-    # 6. The outputs contract.
-    results = outputs.collect_results(
-        cfg, model, prunable, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir
-    )
-    outputs.write_run(out, results, M.current_masks(model), model, cfg)
+        # 6. The outputs contract; results.json last.
+        results = outputs.collect_results(
+            cfg, model, prunable, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir
+        )
+        outputs.write_run(out, results, M.current_masks(model), model, cfg)
+        if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job
+            cache.get_or_build("runs", specs["run"], lambda d: outputs.store_run(d, out))
+        tracker.finish(results)
     return results

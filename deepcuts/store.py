@@ -91,6 +91,13 @@ class StageCache:
         except (OSError, ValueError, KeyError):
             return False
 
+    def lookup(self, stage: str, spec: dict) -> Path | None:
+        """A complete entry for ``spec``, or None (never builds)."""
+        if not self.enabled:
+            return None
+        entry = self.root / stage / config_key({"stage": stage, **spec})
+        return entry if self._valid(entry) else None
+
     def get_or_build(
         self, stage: str, spec: dict, build: Callable[[Path], None], work: Path | None = None
     ) -> Path:

@@ -23,6 +23,7 @@ TINY = [
     "epochs_final=1",
     "scoring.batches=3",
     "+trainer.enable_progress_bar=false",
+    "logger.wandb.enabled=false",  # tests/test_tracking.py covers W&B
 ]
 
 

@@ -121,3 +121,14 @@ def test_fine_tuning_runs_with_dropout_on(make_cfg, tmp_path):
     model.bert.embeddings.dropout.register_forward_pre_hook(lambda m, a: seen.append(m.training))
     fine_tune(model, data, cfg, 1, tmp_path / "ft", "dense", select_best=False)
     assert seen and seen[0] is True
+
+
+def test_relaunched_job_in_a_new_folder_reuses_the_finished_run(make_cfg, tmp_path):
+    """A relaunched multirun gets a new Hydra folder; the finished job is copied, not redone."""
+    first = run(make_cfg("data=stsb", "strategy=layer_mag_weight"))
+    second = run(make_cfg("data=stsb", "strategy=layer_mag_weight", f"output_dir={tmp_path / 'again'}"))
+    assert second["cache"] == {"hits": ["run"], "builds": []}
+    assert second["pruned"] == first["pruned"]
+    assert (tmp_path / "again" / "masks.safetensors").read_bytes() == (tmp_path / "run" / "masks.safetensors").read_bytes()
+    redo = run(make_cfg("data=stsb", "strategy=layer_mag_weight", "resume=false", f"output_dir={tmp_path / 'redo'}"))
+    assert "run" not in redo["cache"]["hits"]

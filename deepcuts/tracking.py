@@ -1,0 +1,94 @@
+"""Experiment tracking: Lightning's CSV logs always, and one W&B run per job.
+
+A W&B run is named after strategy, ratio and seed, grouped by data set, tagged, given the whole
+resolved config, and closed with the final metrics as summary values. It is finished at the end
+of every job (also on an error), so the jobs of a multirun never merge into one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from deepcuts.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def wandb_wanted(cfg: DictConfig) -> bool:
+    enabled = cfg.logger.wandb.enabled
+    installed = importlib.util.find_spec("wandb") is not None
+    if enabled == "auto":
+        return installed
+    if enabled and not installed:
+        raise ConfigError("logger=wandb needs the wandb package: pip install wandb (or logger=csv).")
+    return bool(enabled)
+
+
+def summary_values(results: dict) -> dict:
+    """Flat summary keys such as ``pruned/pearson``, ``dense/pearson``, ``prune/compression_ratio``."""
+    flat = {f"{phase}/{k}": v for phase in ("dense", "pruned") for k, v in results[phase].items()}
+    flat.update(
+        {
+            "prune/compression_ratio": results["achieved_ratio"],
+            "prune/keep_fraction": results["keep_fraction"],
+            "prune/sparsity": results["prunable_sparsity"],
+            "best_epoch": results["best_epoch"],
+        }
+    )
+    flat.update({f"time/{k}": v for k, v in results["timings_s"].items()})
+    return flat
+
+
+class Tracker:
+    """Hands out the loggers for each phase; holds the job's W&B run, if any."""
+
+    def __init__(self, cfg: DictConfig, out: Path) -> None:
+        self.cfg, self.out = cfg, out
+        self.wandb = None
+        if wandb_wanted(cfg):
+            from pytorch_lightning.loggers import WandbLogger
+
+            w = cfg.logger.wandb
+            Path(w.dir).mkdir(parents=True, exist_ok=True)
+            self.wandb = WandbLogger(
+                project=w.project, entity=w.entity, mode=w.mode, save_dir=str(w.dir),
+                group=cfg.data.name, name=f"{cfg.strategy.name}-r{cfg.ratio}-s{cfg.seed}",
+                tags=[cfg.data.name, cfg.model.name, cfg.strategy.name, f"ratio={cfg.ratio}", f"seed={cfg.seed}"],
+                config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+            )
+
+    def loggers(self, stage: str, use_wandb: bool = True) -> list[Logger]:
+        loggers: list[Logger] = []
+        if self.cfg.logger.csv:
+            loggers.append(CSVLogger(save_dir=str(self.out / "logs"), name=stage, version=""))
+        if use_wandb and self.wandb is not None:
+            loggers.append(self.wandb)
+        return loggers
+
+    def finish(self, results: dict | None) -> None:
+        if self.wandb is None:
+            return
+        import wandb
+
+        run = self.wandb.experiment
+        if results is not None:
+            run.summary.update(summary_values(results))
+        run.finish(exit_code=0 if results is not None else 1)
+        wandb.finish()
+
+
+@contextlib.contextmanager
+def tracking(cfg: DictConfig, out: Path) -> Iterator[Tracker]:
+    tracker = Tracker(cfg, out)
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish(None)
+        raise
