@@ -80,7 +80,7 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
     run = {
         "scores": scores,
         "strategy": _plain(cfg.strategy),
-        **{k: cfg[k] for k in ("ratio", "ratio_basis", "rewind", "epochs_final")},
+        **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final")},
     }
     return {"dense": dense, "scores": scores, "run": run}
 

@@ -10,6 +10,7 @@ import logging
 import time
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,6 +39,26 @@ def build_model(cfg: DictConfig, tokenizer) -> GlueModel:
     )
 
 
+def instantiate_checked(node: DictConfig):
+    """``instantiate``, re-raising our own ConfigError unwrapped so its message reaches the user."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
+def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
+    """``keep_fraction`` when given (it overrides the ratio), else from ``ratio``/``ratio_basis``."""
+    if cfg.get("keep_fraction") is not None:
+        f = cfg.keep_fraction
+        if not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ConfigError(f"keep_fraction must be a number in (0, 1], got {f!r}.")
+        return float(f)
+    return B.budget_for(cfg.ratio_basis, own_budget).keep_fraction(cfg.ratio)
+
+
 def run(cfg: DictConfig) -> dict:
     out = outputs.prepare_output_dir(cfg.output_dir)
     if cfg.rewind not in REWIND:
@@ -55,11 +76,13 @@ def run(cfg: DictConfig) -> dict:
 
     # Everything that can fail on bad input fails here, before any training.
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    strategy = instantiate(cfg.strategy)
+    strategy = instantiate_checked(cfg.strategy)
     model = build_model(cfg, tokenizer)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
     own_budget = B.model_budget(model, prunable)
-    keep_fraction = B.budget_for(cfg.ratio_basis, own_budget).keep_fraction(cfg.ratio)
+    keep_fraction = resolve_keep_fraction(cfg, own_budget)
+    if cfg.scoring.batches is not None and int(cfg.scoring.batches) <= 0:
+        raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {cfg.scoring.batches}.")
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not a view
     data = GlueDataModule(tokenizer, **OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed)
     data.setup()
@@ -70,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
         t = time.perf_counter()
         dense_dir = cache.get_or_build(
             "dense", specs["dense"],
-            lambda d: outputs.save_dense(d, model, fine_tune(
+            lambda d: outputs.save_dense(d, model, fine_tune(  # seeded inside: cfg.seed
                 model, data, cfg, cfg.epochs_dense, out, "dense", select_best=False,
                 loggers=tracker.loggers("dense", use_wandb=False),
             )),

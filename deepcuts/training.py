@@ -14,6 +14,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 
+PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
+
+
 class EpochMetrics(pl.Callback):
     """Keeps every validation epoch's metrics, so the best and the last epoch are both reported."""
 
@@ -60,6 +63,9 @@ def fine_tune(
         enable_checkpointing=checkpoint is not None,
     )
     model.stage = stage
+    # Each phase starts from its own seed, so a phase gives the same result whether the phases
+    # before it ran in this process or came from the cache (or a killed job's completed stages).
+    pl.seed_everything(cfg.seed + PHASE_SEED_OFFSET[stage], workers=True, verbose=False)
     if epochs > 0:
         # Lightning keeps each submodule's train/eval mode as it finds it, and transformers'
         # from_pretrained returns eval mode: without this, fine-tuning would run without dropout.
