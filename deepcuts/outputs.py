@@ -108,13 +108,14 @@ def store_run(folder: Path, out: Path) -> None:
 
 
 def restore_run(entry: Path, out: Path) -> dict:
-    """Copy a cached finished run into ``out``; results.json is written last."""
-    for name in (*RUN_FILES[1:], RESULTS):
+    """Copy a cached finished run into ``out``; results.json is written last, saying so."""
+    for name in RUN_FILES[1:]:
         if (entry / name).is_file():
             with atomic_path(out / name) as tmp:
                 shutil.copy2(entry / name, tmp)
-    results = read_results(out)
+    results = json.loads((entry / RESULTS).read_text())
     results["cache"] = {"hits": ["run"], "builds": []}
+    write_json(out / RESULTS, results)
     return results
 
 
