@@ -135,8 +135,9 @@ def run(cfg: DictConfig) -> dict:
         results = outputs.collect_results(
             cfg, model, prunable, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir
         )
-        outputs.write_run(out, results, M.current_masks(model), model, cfg)
+        final_masks = M.current_masks(model)
+        outputs.write_run(out, results, final_masks, model, cfg)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job
             cache.get_or_build("runs", specs["run"], lambda d: outputs.store_run(d, out))
-        tracker.finish(results)
+        tracker.finish(results, M.sparsity_rows(final_masks))
     return results

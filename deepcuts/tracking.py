@@ -72,7 +72,7 @@ class Tracker:
             loggers.append(self.wandb)
         return loggers
 
-    def finish(self, results: dict | None) -> None:
+    def finish(self, results: dict | None, sparsity: list[dict] | None = None) -> None:
         if self.wandb is None:
             return
         import wandb
@@ -80,6 +80,9 @@ class Tracker:
         run = self.wandb.experiment
         if results is not None:
             run.summary.update(summary_values(results))
+        if sparsity:  # where the strategy cut, tensor by tensor (the run's sparsity.csv)
+            columns = list(sparsity[0])
+            run.log({"prune/sparsity_table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in sparsity])})
         run.finish(exit_code=0 if results is not None else 1)
         wandb.finish()
 
