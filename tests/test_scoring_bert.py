@@ -119,3 +119,17 @@ def test_same_seed_bit_identical_masks(setup):
     assert all(torch.equal(a_layer[n], b_layer[n]) and torch.equal(a_global[n], b_global[n]) for n in a_layer)
     c_layer, _ = masks(1)
     assert any(not torch.equal(a_layer[n], c_layer[n]) for n in a_layer)
+
+
+def test_scoring_leaves_an_optimiser_state_untouched(setup):
+    cfg, model, data, prunable = setup
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.loss(next(iter(data.train_dataloader()))).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    before = {k: {n: t.clone() if torch.is_tensor(t) else t for n, t in v.items()} for k, v in optimizer.state_dict()["state"].items()}
+    run_scoring(model, prunable, S.SmoothGradCAMShift("s", eta=2), data.scoring_dataloader(0), 2, trainer_kwargs=QUIET)
+    after = optimizer.state_dict()["state"]
+    assert before.keys() == after.keys() and len(before) > 0
+    for k in before:
+        assert all(torch.equal(before[k][n], after[k][n]) for n in before[k])
