@@ -164,6 +164,8 @@ class GlueDataModule(pl.LightningDataModule):
             "tokenizer": getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__),
             "vocab": len(self.tokenizer),
             "max_length": self.max_length,
+            "header": self.header,
+            "columns": self.columns,
             "text": self.text_columns,
             "label": self.label_column,
             "task": self.task,

@@ -19,7 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from deepcuts import budget as B
 from deepcuts import masks as M
 from deepcuts.errors import ConfigError
-from deepcuts.store import StageCache, atomic_path, read_tensors, write_json, write_tensors
+from deepcuts.store import (
+    StageCache,
+    atomic_path,
+    config_key,
+    read_tensors,
+    write_json,
+    write_tensors,
+)
 
 RESULTS = "results.json"
 MASKS = "masks.safetensors"
@@ -44,11 +51,13 @@ def read_results(out: Path) -> dict:
     return json.loads((out / RESULTS).read_text())
 
 
-def is_complete(out: Path) -> bool:
+def is_complete(out: Path, key: str) -> bool:
+    """Complete results of *this* config (a changed config in the same folder is redone)."""
     try:
-        return read_results(out).get("status") == "complete" and (out / MASKS).is_file()
+        results = read_results(out)
     except (OSError, ValueError):
         return False
+    return results.get("status") == "complete" and results.get("run_key") == key and (out / MASKS).is_file()
 
 
 def _plain(node) -> dict:
@@ -65,7 +74,7 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
         "model": _plain(cfg.model),
         "optimizer": _plain(cfg.optimizer),
         "scheduler": _plain(cfg.scheduler) if cfg.get("scheduler") else None,
-        "precision": str(cfg.trainer.get("precision")),
+        "trainer": {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_COSMETIC},
         "epochs_dense": cfg.epochs_dense,
         "seed": cfg.seed,
         "version": 1,
@@ -80,9 +89,17 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
     run = {
         "scores": scores,
         "strategy": _plain(cfg.strategy),
-        **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final")},
+        **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
     }
     return {"dense": dense, "scores": scores, "run": run}
+
+
+TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
+
+
+def run_key(cfg: DictConfig) -> str:
+    """The hash of everything that determines a run's results (recorded in results.json)."""
+    return config_key(stage_specs(cfg)["run"])
 
 
 def _file_ids(cfg: DictConfig) -> dict:
@@ -140,6 +157,7 @@ def collect_results(
     meta = _score_meta(score_dir)
     return {
         "status": "complete",
+        "run_key": run_key(cfg),
         "data": cfg.data.name,
         "model": cfg.model.name,
         "strategy": cfg.strategy.name,

@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     cache = StageCache(cfg.cache_dir, enabled=cfg.cache)
     specs = outputs.stage_specs(cfg)
     if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
-        if outputs.is_complete(out):
+        if outputs.is_complete(out, outputs.run_key(cfg)):
             log.info("%s already holds complete results: skipping (resume=false to redo)", out)
             return outputs.read_results(out)
         if (done := cache.lookup("runs", specs["run"])) is not None:

@@ -3,6 +3,7 @@ epoch (on the task's monitor metric) loaded back into the model when asked."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
-
 
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
 
@@ -80,7 +80,9 @@ def fine_tune(
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
         sign = 1 if mode == "max" else -1
-        selected = max(history, key=lambda h: sign * h[cfg.data.monitor])
+        # NaN epochs never win, as in ModelCheckpoint, so the report matches the loaded weights
+        finite = [h for h in history if math.isfinite(h[cfg.data.monitor])]
+        selected = max(finite, key=lambda h: sign * h[cfg.data.monitor])
         best_epoch = selected["epoch"]
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch}

@@ -51,13 +51,11 @@ def test_paper_settings(task, lr, epochs):
     assert cfg.optimizer.betas == [0.9, 0.99]
 
 
-def test_launchers_and_ddp_compose():
+def test_launchers_compose():
     cfg = hydra_cfg("hydra/launcher=parallel")
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
     cfg = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
-    cfg = hydra_cfg("trainer=ddp", "trainer.devices=4")
-    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 4
 
 
 def test_grid_sweeps_are_the_documented_size():
@@ -72,3 +70,10 @@ def test_task_yaml_declares_everything(tmp_path: Path):
         data = hydra_cfg(f"data={task}").data
         assert {"folder", "text_columns", "label_column", "task", "metrics", "monitor", "header"} <= set(data)
         assert data.monitor in data.metrics
+
+
+@pytest.mark.parametrize(("task", "lr", "epochs"), [("sst2", 1e-5, (3, 8)), ("cola", 1e-5, (5, 12)), ("stsb", 2e-5, (8, 10))])
+def test_grid_paper_uses_each_tasks_paper_settings(task, lr, epochs):
+    cfg = hydra_cfg("experiment=grid_paper", f"data={task}")
+    assert cfg.optimizer.lr == lr and (cfg.epochs_dense, cfg.epochs_final) == epochs
+    assert cfg.model.name == "bert_base" and cfg.data.batch_size == 16

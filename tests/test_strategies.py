@@ -178,3 +178,12 @@ def test_bad_scope_accumulate_and_batches():
         S.MagnitudeGrad("g", accumulate="mean")
     with pytest.raises(ConfigError, match="scoring.batches"):
         score(S.MagnitudeGrad("g"), n=0)
+
+
+def test_smoothgrad_cam_takes_a_bar_from_the_clean_pass():
+    model, data = MLP(), batches(t=1)
+    strategy = S.SmoothGradCAM("s", eta=2, sigma=0.5, seed=0)
+    score(strategy, model, data)
+    _, clean = by_hand(model, data[0])
+    torch.testing.assert_close(strategy.activations.means["fc1"], clean["fc1"])
+    torch.testing.assert_close(strategy.activations.means["fc2"], clean["fc2"])
