@@ -4,13 +4,15 @@ Mask building sees score tensors only; it knows nothing of strategies. Counts ar
 a layer-wise mask keeps ``round(f * n)`` entries of each tensor, a global mask keeps
 ``round(f * P)`` entries over all tensors. Ties at the threshold are broken by position (lower
 flat index kept first), so the same scores always give the same masks. ``torch.kthvalue`` is used
-instead of a sort or ``torch.quantile`` (which refuses inputs above 16M elements).
+(numpy's introselect on CPU) instead of a sort or ``torch.quantile`` (which refuses inputs above
+16M elements): BERT-base's 85.6M scores take about a second on 2 CPU cores (benchmarks, S4).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune
@@ -19,30 +21,50 @@ from deepcuts.errors import ConfigError
 
 
 def _check_finite(name: str, score: torch.Tensor) -> None:
-    if not torch.isfinite(score).all():
-        bad = int((~torch.isfinite(score)).sum())
-        raise FloatingPointError(
-            f"scoring produced {bad} NaN/inf values in the score of {name!r}; the masks cannot be "
-            "built. Check the dense model's loss (a diverged fine-tune) or the strategy's settings."
-        )
+    lo, hi = torch.aminmax(score.detach())  # one pass; NaN and inf propagate into min/max
+    if torch.isfinite(lo) and torch.isfinite(hi):
+        return
+    bad = int((~torch.isfinite(score)).sum())
+    raise FloatingPointError(
+        f"scoring produced {bad} NaN/inf values in the score of {name!r}; the masks cannot be "
+        "built. Check the dense model's loss (a diverged fine-tune) or the strategy's settings."
+    )
+
+
+def _kth_largest(flat: torch.Tensor, k: int, scratch: bool = False) -> torch.Tensor:
+    """The k-th largest value. On CPU numpy's introselect is 2-5x faster than ``kthvalue``;
+    ``scratch=True`` lets it reorder ``flat`` in place (no second copy of a large tensor)."""
+    n = flat.numel()
+    if flat.device.type == "cpu":
+        arr = flat.numpy()
+        if scratch:
+            arr.partition(n - k)
+            return torch.tensor(arr[n - k])
+        return torch.tensor(np.partition(arr, n - k)[n - k])
+    return torch.kthvalue(flat, n - k + 1).values
+
+
+def _drop_surplus_ties(keep: torch.Tensor, score: torch.Tensor, threshold, extra: int) -> int:
+    """Un-keep up to ``extra`` entries equal to ``threshold``, the highest positions first."""
+    ties = torch.nonzero(score.reshape(-1) == threshold).squeeze(1)
+    drop = ties[max(0, ties.numel() - extra) :]
+    keep.view(-1)[drop] = False
+    return drop.numel()
 
 
 def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask keeping exactly the ``k`` largest entries; ties kept in index order."""
-    flat = score.reshape(-1)
+    flat = score.detach().reshape(-1)
     n = flat.numel()
     if not 0 <= k <= n:
         raise ValueError(f"cannot keep {k} of {n} entries")
-    if k == n:
-        return torch.ones_like(score, dtype=torch.bool)
-    if k == 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    threshold = torch.kthvalue(flat, n - k + 1).values  # the k-th largest value
-    keep = flat > threshold
-    missing = k - int(keep.sum())
-    if missing:
-        ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
-        keep[ties] = True
+    if k in (0, n):
+        return torch.full_like(score, k == n, dtype=torch.bool)
+    threshold = _kth_largest(flat, k)
+    keep = flat >= threshold
+    extra = int(torch.count_nonzero(keep)) - k
+    if extra:
+        _drop_surplus_ties(keep, flat, threshold, extra)
     return keep.view_as(score)
 
 
@@ -62,15 +84,23 @@ def layer_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, t
 
 
 def global_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    """One threshold over all tensors; exactly ``round(fraction * total)`` entries kept."""
+    """One threshold over all tensors; exactly ``round(fraction * total)`` entries kept (ties in
+    order of position over the concatenated tensors)."""
     for name, score in scores.items():
         _check_finite(name, score)
-    flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
-    keep = topk_mask(flat, keep_count(fraction, flat.numel()))
-    masks, start = {}, 0
-    for name, score in scores.items():
-        masks[name] = keep[start : start + score.numel()].view_as(score)
-        start += score.numel()
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores.values()])
+    n = flat.numel()
+    k = keep_count(fraction, n)
+    if k in (0, n):
+        return {name: torch.full_like(s, k == n, dtype=torch.bool) for name, s in scores.items()}
+    threshold = _kth_largest(flat, k, scratch=True)  # flat is our own copy
+    del flat
+    masks = {name: s.detach().float() >= threshold for name, s in scores.items()}
+    extra = sum(int(torch.count_nonzero(m)) for m in masks.values()) - k
+    for name in reversed(list(masks)):
+        if extra <= 0:
+            break
+        extra -= _drop_surplus_ties(masks[name], scores[name].detach().float(), threshold, extra)
     return masks
 
 

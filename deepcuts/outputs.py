@@ -85,6 +85,7 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
         "strategy": strategy,
         "scoring": _plain(cfg.scoring),
         "prune": _plain(cfg.prune),
+        "version": 2,  # 2: SmoothGrad noise at real tokens only
     }
     run = {
         "scores": scores,

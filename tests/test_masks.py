@@ -106,3 +106,10 @@ def test_mask_shape_mismatch_is_a_clear_error():
         M.apply_masks(_net(), {"0.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(ConfigError, match="names no parameter"):
         M.apply_masks(_net(), {"9.weight": torch.ones(3, 3, dtype=torch.bool)})
+
+
+def test_global_ties_keep_the_earliest_positions_over_all_tensors():
+    scores = {"a": torch.ones(4), "b": torch.ones(3), "c": torch.tensor([2.0, 0.0])}
+    masks = M.global_masks(scores, 4 / 9)  # keep 4: the 2.0, then the first three tied ones
+    assert masks["c"].tolist() == [True, False]
+    assert masks["a"].tolist() == [True, True, True, False] and not masks["b"].any()

@@ -133,3 +133,34 @@ def test_scoring_leaves_an_optimiser_state_untouched(setup):
     assert before.keys() == after.keys() and len(before) > 0
     for k in before:
         assert all(torch.equal(before[k][n], after[k][n]) for n in before[k])
+
+
+def test_smoothgrad_noise_only_at_real_tokens(setup):
+    cfg, model, data, prunable = setup
+    batch = next(iter(data.scoring_dataloader(0)))
+    strategy = S.SmoothGrad("s", eta=1, sigma=0.5)
+    seen = {}
+
+    def keep_output(module, inputs, output):  # runs after the noise hook: sees the noisy output
+        seen["noisy"] = output.detach()
+
+    module = model.get_submodule(QUERY)
+    clean = {}
+
+    def keep_clean(module, inputs, output):
+        clean["out"] = output.detach().clone()
+
+    h = module.register_forward_hook(keep_clean)
+    model.eval()
+    with torch.no_grad():
+        model.loss(batch)
+    h.remove()
+    with strategy.hooks(model, prunable):
+        h = module.register_forward_hook(keep_output)
+        strategy.before_batch(model, batch)
+        with torch.no_grad():
+            model.loss(batch)
+        h.remove()
+    diff = (seen["noisy"] - clean["out"]).abs().sum(-1)  # layer 0: its input carries no noise
+    real = batch["attention_mask"].bool()
+    assert (diff[real] > 0).all() and (diff[~real] == 0).all()

@@ -14,12 +14,20 @@ from deepcuts.strategies.gradcam import ActivationMeans, cam_factor
 
 class OutputNoise:
     """Forward hooks adding ``N(0, sigma^2)`` to a module's output (the paper's eq. 8), drawn from
-    a generator of its own so the training RNG is untouched and the same seed gives the same noise."""
+    a generator of its own so the training RNG is untouched and the same seed gives the same noise.
+
+    Token outputs ``[B, L, H]`` get noise at real tokens only: padded positions never reach the
+    loss, and drawing for them cost up to a fifth of a SmoothGrad pass (benchmarks, S2)."""
 
     def __init__(self, sigma: float, seed: int) -> None:
         self.sigma, self.seed = float(sigma), seed
         self.enabled = True
         self.generators: dict[torch.device, torch.Generator] = {}
+        self.real: torch.Tensor | None = None
+
+    def set_batch(self, batch: dict) -> None:
+        mask = batch.get("attention_mask")
+        self.real = mask.bool() if mask is not None and mask.dim() == 2 else None
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self.generators:
@@ -30,9 +38,13 @@ class OutputNoise:
         def hook(module, inputs, output):
             if not self.enabled or self.sigma == 0:
                 return None
-            noise = torch.randn(
-                output.shape, generator=self._generator(output.device), device=output.device, dtype=output.dtype
-            )
+            g = self._generator(output.device)
+            real = self.real
+            if output.dim() == 3 and real is not None and real.shape == output.shape[:2]:
+                shape = (int(real.sum()), output.shape[-1])
+                noise = torch.randn(shape, generator=g, device=output.device, dtype=output.dtype)
+                return output.index_put((real,), noise.mul_(self.sigma), accumulate=True)
+            noise = torch.randn(output.shape, generator=g, device=output.device, dtype=output.dtype)
             return output + self.sigma * noise
 
         return hook
@@ -58,6 +70,9 @@ class SmoothGrad(Strategy):
         modules = dict(module_of(model, name) for name in params)
         return forward_hooks(modules, self.noise.make_hook)
 
+    def before_batch(self, model, batch) -> None:
+        self.noise.set_batch(batch)
+
     def batch_term(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return grad.mul_(weight)
 
@@ -78,6 +93,7 @@ class SmoothGradCAM(SmoothGrad):
         return stack
 
     def before_batch(self, model, batch) -> None:
+        super().before_batch(model, batch)
         self.activations.set_batch(batch)
         self.noise.enabled, self.activations.enabled = False, True
         try:
