@@ -22,12 +22,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="a run or sweep folder, searched recursively")
     parser.add_argument("--out", type=Path, default=None,
                         help="where report.csv, report.md and <data>.png go (default: FIRST/report)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")  # exit status 2
-    written = write_report(args.folders, args.out or args.folders[0] / "report")
+    out = args.out or args.folders[0] / "report"
+    written = write_report(args.folders, out)
     print(f"wrote {written['csv']}, {written['markdown']} and {len(written['plots'])} plot(s)")
+    if args.wandb:
+        from deepcuts.analysis.wandb_upload import log_folder
+
+        print(f"logged to W&B: {log_folder(out, 'report')}")
     return 0
 
 

@@ -54,3 +54,25 @@ def test_wandb_offline_run_has_config_and_summary(make_cfg, tmp_path, monkeypatc
     run(make_cfg("data=stsb", "strategy=random", "logger.wandb.enabled=true",
                  f"logger.wandb.dir={tmp_path / 'wb'}", f"output_dir={tmp_path / 'run2'}"))
     assert len(list((tmp_path / "wb" / "wandb").glob("offline-run-*"))) == 2
+
+
+@pytest.mark.slow
+def test_analysis_folder_goes_to_wandb_as_images_and_tables(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from deepcuts.analysis.wandb_upload import log_folder
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    out = tmp_path / "iou"
+    out.mkdir()
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    fig.savefig(out / "heatmap_mean_stsb_r3.png")
+    (out / "layer_iou.csv").write_text("layer,iou_kept\n0,0.9\n1,0.8\n")
+    log_folder(out, "mask-analysis")
+    (run,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    data = next(run.glob("*.wandb")).read_bytes()
+    assert b"mask-analysis/heatmap_mean_stsb_r3" in data and b"mask-analysis/layer_iou" in data
+    assert list((run / "files" / "media").rglob("*.png")) and list((run / "files" / "media").rglob("*.json"))

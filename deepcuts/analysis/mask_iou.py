@@ -320,9 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=None,
                         help="attention heads when results.json lacks num_attention_heads "
                              "(default: config.yaml's model.config, else 12)")
+    parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to W&B")
     args = parser.parse_args(argv)
     for name, path in analyse(args.runs, args.out, args.heads).items():
         print(f"{name}: {path}")
+    if args.wandb:
+        from deepcuts.analysis.wandb_upload import log_folder
+
+        print(f"logged to W&B: {log_folder(args.out, 'mask-analysis')}")
     return 0
 
 
