@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
-S4_PATCHES = "masks_numpy"
 RATIO = 3  # the pipeline's default compression ratio (bert_base basis): keep fraction 0.1474
 
 
@@ -130,17 +129,8 @@ def shrinkbench_global(np_scores: dict, f: float) -> dict:
     return {name: s >= t for name, s in np_scores.items()}
 
 
-def bench_s4(quick: bool, propose: bool = False) -> dict:
-    import proposals
-    import torch
-
+def bench_s4(quick: bool) -> dict:
     from deepcuts import masks as M
-
-    def with_patches(fn, group):
-        def run():
-            with proposals.patched(group):
-                return fn()
-        return run
 
     scores = random_scores()
     np_scores = {k: v.numpy() for k, v in scores.items()}
@@ -155,10 +145,6 @@ def bench_s4(quick: bool, propose: bool = False) -> dict:
         "numpy_quantile_layer": lambda: shrinkbench_layer(np_scores, f),
         "numpy_quantile_global": lambda: shrinkbench_global(np_scores, f),
     }
-    if propose:  # S4_PATCHES: numpy on CPU; "masks": the same algorithm in torch (any device)
-        for scope in ("layer", "global"):
-            fns[f"deepcuts_{scope}_masks_proposed"] = with_patches(fns[f"deepcuts_{scope}_masks"], S4_PATCHES)
-            fns[f"deepcuts_{scope}_masks_proposed_torch"] = with_patches(fns[f"deepcuts_{scope}_masks"], "masks")
     times = C.interleaved(fns, reps=reps, warmup=0)
     # exactness check (outside the timings)
     layer = M.layer_masks(scores, f)
@@ -167,22 +153,6 @@ def bench_s4(quick: bool, propose: bool = False) -> dict:
     glob_kept = sum(int(m.sum()) for m in glob.values())
     med = {k: C.median(v) for k, v in times.items()}
     worst = max(med["deepcuts_layer_masks"], med["deepcuts_global_masks"])
-    extra = {}
-    if propose:
-        with proposals.patched(S4_PATCHES):
-            same = all(torch.equal(a, b) for a, b in zip(layer.values(), M.layer_masks(scores, f).values(), strict=True))
-            same &= all(torch.equal(a, b) for a, b in zip(glob.values(), M.global_masks(scores, f).values(), strict=True))
-        layer_p, glob_p = med["deepcuts_layer_masks_proposed"], med["deepcuts_global_masks_proposed"]
-        extra["proposed"] = {
-            "patches": [S4_PATCHES], "ratio": max(layer_p, glob_p), "layer_s": layer_p, "global_s": glob_p,
-            "same_masks": bool(same),
-            "ratio_vs_numpy": {"layer": layer_p / med["numpy_quantile_layer"],
-                               "global": glob_p / med["numpy_quantile_global"]},
-            "torch_only_variant_s": {"layer": med["deepcuts_layer_masks_proposed_torch"],
-                                     "global": med["deepcuts_global_masks_proposed_torch"]},
-            "note": "same run, deepcuts.masks._check_finite/topk_mask/global_masks replaced by "
-                    "benchmarks/proposals.py (masks_numpy); torch_only_variant = group 'masks'",
-        }
     return C.result(
         "S4", "seconds to build layer-wise and global masks from BERT-base-shaped scores "
         f"({n_values:,} values in {n_tensors} tensors = 73 Linear modules x weight+bias), "
@@ -203,22 +173,17 @@ def bench_s4(quick: bool, propose: bool = False) -> dict:
         layer_s=round(med["deepcuts_layer_masks"], 4), global_s=round(med["deepcuts_global_masks"], 4),
         ratio_vs_numpy_layer=round(med["deepcuts_layer_masks"] / med["numpy_quantile_layer"], 4),
         ratio_vs_numpy_global=round(med["deepcuts_global_masks"] / med["numpy_quantile_global"], 4),
-        **extra,
     )
 
 
 def main(argv=None) -> list[dict]:
-    args = C.parse_common(argv, lambda p: (
-        p.add_argument("--only", default="S3,S4"),
-        p.add_argument("--proposed", action="store_true",
-                       help="also time mask building with benchmarks/proposals.py patched in"),
-    ))
+    args = C.parse_common(argv, lambda p: p.add_argument("--only", default="S3,S4"))
     only = set(args.only.split(","))
     results = []
     if "S3" in only:
         results.append(bench_s3(args.quick))
     if "S4" in only:
-        results.append(bench_s4(args.quick, args.proposed))
+        results.append(bench_s4(args.quick))
     C.emit(results, write=not args.no_write)
     return results
 

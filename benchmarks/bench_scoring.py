@@ -61,37 +61,7 @@ def smoothcut(eta: int = ETA):
     return S.SmoothGrad("smoothgrad", eta=eta, sigma=1e-3, seed=0)
 
 
-S1_PATCHES = ("cam_hook", "callback_1thread")
-S2_PATCHES = ("noise_real_tokens", "callback_1thread")
-
-
-def proposed(fn, *groups):
-    """``fn`` run with the library changes proposed in proposals.py monkeypatched in."""
-    import proposals
-
-    def run():
-        with proposals.patched(*groups):
-            return fn()
-    return run
-
-
-def with_proposed(pairs: dict, name: str, groups: tuple, on: bool) -> dict:
-    if on:
-        pairs[name + "_proposed"] = proposed(pairs[name], *groups)
-    return pairs
-
-
-def proposed_ratios(times: dict, num: str, den: str, groups, scale: float = 1.0) -> dict:
-    if num + "_proposed" not in times:
-        return {}
-    return {"proposed": {
-        "patches": list(groups),
-        "ratio": C.ratio_of_medians(times, num + "_proposed", den, scale),
-        "note": "same run, with the library changes of benchmarks/proposals.py monkeypatched in",
-    }}
-
-
-def bench_s1_s2(quick: bool, only: set[str], propose: bool = False) -> list[dict]:
+def bench_s1_s2(quick: bool, only: set[str]) -> list[dict]:
     cfg, model, prunable, batches = C.minilm_setup("sst2", n_batches=2 if quick else 8)
     reps = 2 if quick else 3
     out = []
@@ -103,7 +73,7 @@ def bench_s1_s2(quick: bool, only: set[str], propose: bool = False) -> list[dict
         # warm up once (on two batches: allocator, Lightning's first Trainer, lazy imports)
         plain_fwd_bwd(model, batches[:2])
         scoring_pass(model, prunable, camcut(), batches[:2])
-        times = C.interleaved(with_proposed(pairs, "camcut_scoring", S1_PATCHES, propose), reps=reps, warmup=0)
+        times = C.interleaved(pairs, reps=reps, warmup=0)
         ratio = C.ratio_of_medians(times, "camcut_scoring", "plain_fwd_bwd")
         out.append(C.result(
             "S1", "Cam-Cut (GradCAMShift) scoring pass time / plain fwd+bwd time, same batches "
@@ -111,7 +81,6 @@ def bench_s1_s2(quick: bool, only: set[str], propose: bool = False) -> list[dict
             ratio, "<= 1.15", ratio <= 1.15,
             raw={"seconds": {k: C.summary(v) for k, v in times.items()}, "reps": reps,
                  "data": C.tokens(batches), "prunable_tensors": len(prunable)},
-            **proposed_ratios(times, "camcut_scoring", "plain_fwd_bwd", S1_PATCHES),
         ))
     if "S2" in only:
         eta = 3 if quick else ETA
@@ -123,10 +92,7 @@ def bench_s1_s2(quick: bool, only: set[str], propose: bool = False) -> list[dict
             "plain_fwd_bwd": lambda: plain_fwd_bwd(model, sb),
             "smoothcut_scoring": lambda: scoring_pass(model, prunable, smoothcut(eta), sb),
         }
-        times = C.interleaved(
-            with_proposed(pairs, "smoothcut_scoring", S2_PATCHES, propose),
-            reps=reps, warmup=0,
-        )
+        times = C.interleaved(pairs, reps=reps, warmup=0)
         ratio = C.ratio_of_medians(times, "smoothcut_scoring", "plain_fwd_bwd", scale=eta)
         out.append(C.result(
             "S2", f"Smooth-Cut (SmoothGrad, eta={eta}) scoring time / (eta x plain fwd+bwd time) "
@@ -134,7 +100,6 @@ def bench_s1_s2(quick: bool, only: set[str], propose: bool = False) -> list[dict
             ratio, "<= 1.15", ratio <= 1.15,
             raw={"seconds": {k: C.summary(v) for k, v in times.items()}, "eta": eta, "reps": reps,
                  "data": C.tokens(sb)},
-            **proposed_ratios(times, "smoothcut_scoring", "plain_fwd_bwd", S2_PATCHES, scale=eta),
         ))
     return out
 
@@ -214,14 +179,12 @@ def main(argv=None) -> list[dict]:
         p.add_argument("--only", default="S1,S2,S6"),
         p.add_argument("--s6-child", choices=["train", "score"]),
         p.add_argument("--batches", type=int, default=8),
-        p.add_argument("--proposed", action="store_true",
-                       help="also time the scoring pass with benchmarks/proposals.py patched in"),
     ))
     if args.s6_child:
         s6_child(args.s6_child, args.batches)
         return []
     only = set(args.only.split(","))
-    results = bench_s1_s2(args.quick, only, args.proposed) if only & {"S1", "S2"} else []
+    results = bench_s1_s2(args.quick, only) if only & {"S1", "S2"} else []
     if "S6" in only:
         results.append(bench_s6(args.quick))
     C.emit(results, write=not args.no_write)

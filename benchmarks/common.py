@@ -156,10 +156,7 @@ def emit(results: list[dict], write: bool = True) -> None:
         if write:
             write_result(res)
         flag = "MET " if res["met"] else "MISS"
-        extra = ""
-        if "proposed" in res:
-            extra = f" [with proposals.py patches: {res['proposed']['ratio']:.4g}]"
-        print(f"[{flag}] {res['id']}: {res['measured']:.4g} (target {res['target']}){extra} -- {res['what']}", flush=True)
+        print(f"[{flag}] {res['id']}: {res['measured']:.4g} (target {res['target']}) -- {res['what']}", flush=True)
 
 
 # -- the shared MiniLM + GLUE setup -------------------------------------------------------------

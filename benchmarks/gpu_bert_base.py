@@ -57,8 +57,6 @@ def parse(argv=None):
     p.add_argument("--s2-batches", type=int, default=None, help="batches for S2 (default: half of --batches)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (the pipeline does not)")
-    p.add_argument("--proposed", action="store_true",
-                   help="also time the scoring pass with benchmarks/proposals.py monkeypatched in")
     p.add_argument("--only", default="S1,S2,S3,mem")
     return p.parse_args(argv)
 
@@ -156,23 +154,11 @@ def train_steps(model, batches, opts: dict, key: str) -> None:
         opt.step()
 
 
-def with_patches(fn, *groups):
-    def run():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import proposals
-
-        with proposals.patched(*groups):
-            return fn()
-    return run
-
-
 def entry(id_, what, num, den, times, scale=1.0, extra=None):
     ratio = med(times[num]) / (scale * med(times[den]))
     res = {"id": id_, "what": what, "measured": round(ratio, 4), "target": f"<= {TARGETS[id_]}",
            "met": ratio <= TARGETS[id_],
            "raw": {"seconds": {k: {"median": med(v), "runs": [round(x, 6) for x in v]} for k, v in times.items()}}}
-    if num + "_proposed" in times:
-        res["proposed_ratio"] = round(med(times[num + "_proposed"]) / (scale * med(times[den])), 4)
     res.update(extra or {})
     return res
 
@@ -214,8 +200,6 @@ def main(argv=None) -> dict:
     if "S1" in only:
         fns = {"plain_fwd_bwd": lambda: plain_fwd_bwd(model, batches),
                "camcut_scoring": lambda: scoring(model, prunable, camcut(), batches, device)}
-        if args.proposed:
-            fns["camcut_scoring_proposed"] = with_patches(fns["camcut_scoring"], "cam_hook", "callback_1thread")
         times = interleaved(fns, args.reps, device)
         results.append(entry("S1", "Cam-Cut scoring pass / plain fwd+bwd (eval mode, same batches)",
                              "camcut_scoring", "plain_fwd_bwd", times))
@@ -223,8 +207,6 @@ def main(argv=None) -> dict:
         sb = batches[:s2_batches]
         fns = {"plain_fwd_bwd": lambda: plain_fwd_bwd(model, sb),
                "smoothcut_scoring": lambda: scoring(model, prunable, smooth(), sb, device)}
-        if args.proposed:
-            fns["smoothcut_scoring_proposed"] = with_patches(fns["smoothcut_scoring"], "noise_real_tokens", "callback_1thread")
         times = interleaved(fns, args.reps, device, warmup=0 if "S1" in only else 1)
         results.append(entry("S2", f"Smooth-Cut (eta={args.eta}) scoring / (eta x plain fwd+bwd)",
                              "smoothcut_scoring", "plain_fwd_bwd", times, scale=args.eta,

@@ -5,7 +5,7 @@ targets, one machine record) and refreshes the results table in ``benchmarks/REA
 
     .venv/bin/python benchmarks/run_all.py            # full run: ~6 minutes on 2 CPU cores (low load)
     .venv/bin/python benchmarks/run_all.py --quick    # smoke run: fewer batches and repetitions
-    .venv/bin/python benchmarks/run_all.py --only S4,S7 --no-proposed
+    .venv/bin/python benchmarks/run_all.py --only S4,S7
 """
 
 from __future__ import annotations
@@ -22,24 +22,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
-# (script, arguments, ids it writes); proposed=True steps also time benchmarks/proposals.py
+# (script, arguments, ids it writes)
 STEPS = [
-    ("bench_scoring.py", ["--only", "S1,S2"], ["S1", "S2"], True),
-    ("bench_masks.py", ["--only", "S3"], ["S3"], False),
-    ("bench_masks.py", ["--only", "S4"], ["S4"], True),
-    ("bench_scoring.py", ["--only", "S6"], ["S6"], False),
-    ("bench_grid.py", [], ["S5"], False),
-    ("bench_data.py", [], ["S7"], False),
+    ("bench_scoring.py", ["--only", "S1,S2"], ["S1", "S2"]),
+    ("bench_masks.py", ["--only", "S3"], ["S3"]),
+    ("bench_masks.py", ["--only", "S4"], ["S4"]),
+    ("bench_scoring.py", ["--only", "S6"], ["S6"]),
+    ("bench_grid.py", [], ["S5"]),
+    ("bench_data.py", [], ["S7"]),
 ]
 ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def run_step(script: str, args: list[str], ids: list[str], quick: bool, proposed: bool) -> dict:
+def run_step(script: str, args: list[str], ids: list[str], quick: bool) -> dict:
     for i in ids:
         (C.RESULTS / f"{i}.json").unlink(missing_ok=True)
-    cmd = [sys.executable, str(C.BENCH / script), *args, *(["--quick"] if quick else []),
-           *(["--proposed"] if proposed else [])]
+    cmd = [sys.executable, str(C.BENCH / script), *args, *(["--quick"] if quick else [])]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(C.REPO), check=False)
     seconds = time.perf_counter() - t
@@ -82,30 +81,24 @@ def table(latest: dict) -> str:
         f"cores, torch {m['torch']} ({m['torch_threads']} threads), device {m['device']}; load "
         f"average at the start {latest['loadavg_start']}, at the end {m.get('loadavg_at_end')}.",
         "",
-        "| id | measured | target | met | with proposals.py (same run) | what |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| id | measured | target | met | what |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for i in ORDER:
         r = latest["results"].get(i)
         if r is None:
             continue
         unit = " s" if r.get("unit") == "seconds" else ""
-        prop = r.get("proposed", {}).get("ratio")
-        prop_s = "—" if prop is None else f"{prop:.3f}{unit}"
         extra = ""
         if i == "S4" and r.get("measured") is not None:
             extra = (f" (layer {r['layer_s']:.2f} s, global {r['global_s']:.2f} s; ×{r['ratio_vs_numpy_layer']:.1f} / "
                      f"×{r['ratio_vs_numpy_global']:.1f} numpy.quantile)")
-            if "proposed" in r:
-                p = r["proposed"]
-                prop_s += (f" (layer {p['layer_s']:.2f} s, global {p['global_s']:.2f} s; ×{p['ratio_vs_numpy']['layer']:.2f}"
-                           f" / ×{p['ratio_vs_numpy']['global']:.2f} numpy.quantile)")
         if i == "S5" and r.get("measured") is not None:
             extra = f" (stage-time ratio {r['stage_ratio']:.3f}; predicted {r['predicted_stage_ratio']:.3f}; ideal {r['ideal_ratio']:.3f})"
         target = r.get("target") or ""
         target = target.split(";")[0]
         lines.append(f"| {i} | {fmt(r.get('measured'))}{unit}{extra} | {target} | "
-                     f"{'yes' if r.get('met') else '**no**'} | {prop_s} | {r.get('what', '')} |")
+                     f"{'yes' if r.get('met') else '**no**'} | {r.get('what', '')} |")
     return "\n".join(lines)
 
 
@@ -122,7 +115,6 @@ def update_readme(text: str) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Run the deepcuts benchmark suite (S1-S7).")
     p.add_argument("--quick", action="store_true", help="fewer batches and repetitions (smoke run)")
-    p.add_argument("--no-proposed", action="store_true", help="skip timing the proposals.py variants")
     p.add_argument("--only", default=",".join(ORDER), help="comma-separated ids")
     p.add_argument("--no-readme", action="store_true", help="do not refresh the README table")
     args = p.parse_args(argv)
@@ -131,11 +123,11 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     results: dict = {}
-    for script, sargs, ids, proposable in STEPS:
+    for script, sargs, ids in STEPS:
         if not only & set(ids):
             continue
         print(f"-- {', '.join(ids)}: {script} {' '.join(sargs)}", flush=True)
-        results.update(run_step(script, sargs, ids, args.quick, proposable and not args.no_proposed))
+        results.update(run_step(script, sargs, ids, args.quick))
     total = time.perf_counter() - t0
     latest = {
         "timestamp": C.now(),
@@ -144,8 +136,7 @@ def main(argv=None) -> dict:
         "loadavg_start": load_start,
         "machine": C.machine_info(),
         "summary": {i: {"measured": results[i].get("measured"), "target": results[i].get("target"),
-                        "met": results[i].get("met"),
-                        "proposed": (results[i].get("proposed") or {}).get("ratio")}
+                        "met": results[i].get("met")}
                     for i in ORDER if i in results},
         "results": {i: compact(results[i]) for i in ORDER if i in results},
     }

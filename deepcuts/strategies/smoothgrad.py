@@ -23,11 +23,15 @@ class OutputNoise:
         self.sigma, self.seed = float(sigma), seed
         self.enabled = True
         self.generators: dict[torch.device, torch.Generator] = {}
-        self.real: torch.Tensor | None = None
+        self.real: tuple[torch.Tensor, ...] | None = None  # (rows, cols) of real tokens
+        self.real_shape: torch.Size | None = None
 
     def set_batch(self, batch: dict) -> None:
+        """Find the real tokens once per batch (one host sync), not in every hook call."""
         mask = batch.get("attention_mask")
-        self.real = mask.bool() if mask is not None and mask.dim() == 2 else None
+        self.real = self.real_shape = None
+        if mask is not None and mask.dim() == 2 and not bool(mask.all()):
+            self.real, self.real_shape = mask.bool().nonzero(as_tuple=True), mask.shape
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self.generators:
@@ -39,11 +43,10 @@ class OutputNoise:
             if not self.enabled or self.sigma == 0:
                 return None
             g = self._generator(output.device)
-            real = self.real
-            if output.dim() == 3 and real is not None and real.shape == output.shape[:2]:
-                shape = (int(real.sum()), output.shape[-1])
+            if output.dim() == 3 and self.real is not None and output.shape[:2] == self.real_shape:
+                shape = (self.real[0].numel(), output.shape[-1])
                 noise = torch.randn(shape, generator=g, device=output.device, dtype=output.dtype)
-                return output.index_put((real,), noise.mul_(self.sigma), accumulate=True)
+                return output.index_put(self.real, noise.mul_(self.sigma), accumulate=True)
             noise = torch.randn(output.shape, generator=g, device=output.device, dtype=output.dtype)
             return output + self.sigma * noise
 
