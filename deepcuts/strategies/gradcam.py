@@ -44,11 +44,11 @@ class ActivationMeans:
         modules = dict(module_of(model, name) for name in params)
         return forward_hooks(modules, self.make_hook)
 
-
-def cam_factor(mean: torch.Tensor, shift: float, grad: torch.Tensor) -> torch.Tensor:
-    """``(a_bar + shift)`` shaped to scale the rows (output units) of a weight or a bias."""
-    factor = mean + shift if shift else mean
-    return factor.unsqueeze(1) if grad.dim() == 2 else factor
+    def weight_rows(self, param_name: str, term: torch.Tensor, shift: float) -> torch.Tensor:
+        """``term * (a_bar + shift)`` over the rows (output units) of a weight, or a bias."""
+        mean = self.means[param_name.rpartition(".")[0]]
+        factor = mean + shift if shift else mean
+        return term.mul_(factor.unsqueeze(1) if term.dim() == 2 else factor)
 
 
 class GradCAM(Strategy):
@@ -68,8 +68,7 @@ class GradCAM(Strategy):
         self.activations.set_batch(batch)
 
     def batch_term(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        mean = self.activations.means[name.rpartition(".")[0]]
-        return grad.mul_(weight).mul_(cam_factor(mean, self.shift, grad))
+        return self.activations.weight_rows(name, grad.mul_(weight), self.shift)
 
 
 class GradCAMShift(GradCAM):

@@ -9,7 +9,7 @@ import torch
 
 from deepcuts.errors import ConfigError
 from deepcuts.strategies.base import Strategy, forward_hooks, module_of
-from deepcuts.strategies.gradcam import ActivationMeans, cam_factor
+from deepcuts.strategies.gradcam import ActivationMeans
 
 
 class OutputNoise:
@@ -106,8 +106,7 @@ class SmoothGradCAM(SmoothGrad):
             self.noise.enabled, self.activations.enabled = True, False
 
     def batch_term(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        mean = self.activations.means[name.rpartition(".")[0]]
-        return grad.mul_(weight).mul_(cam_factor(mean, self.shift, grad))
+        return self.activations.weight_rows(name, grad.mul_(weight), self.shift)
 
 
 class SmoothGradCAMShift(SmoothGradCAM):
