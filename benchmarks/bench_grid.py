@@ -22,21 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 
-TINY_COPY = [  # tests/conftest.py's TINY, as of this writing
-    "model=tiny",
-    "data.max_train_samples=48",
-    "data.max_eval_samples=32",
-    "data.batch_size=8",
-    "epochs_dense=1",
-    "epochs_final=1",
-    "scoring.batches=3",
-    "+trainer.enable_progress_bar=false",
-    "logger.wandb.enabled=false",
-]
-try:  # the test suite's tiny overrides, kept in step with it
-    from tests.conftest import TINY
-except Exception:  # pragma: no cover
-    TINY = TINY_COPY
+from tests.conftest import TINY  # noqa: E402  (common puts the repo on sys.path)
+
 STRATEGIES = ["gradcam_shift", "smoothgrad"]
 RATIOS = [2, 3]
 STAGES = ("dense", "scoring", "pruned")
