@@ -27,18 +27,6 @@ import common as C  # noqa: E402
 ETA = 10  # conf/strategy/smoothgrad.yaml
 
 
-def plain_fwd_bwd(model, batches, passes: int = 1) -> None:
-    """The baseline: full-model fwd+bwd, all parameters requiring grad, eval mode."""
-    mode = model.training
-    model.eval()
-    for batch in batches:
-        model.zero_grad(set_to_none=True)
-        for _ in range(passes):
-            model.loss(batch).backward()
-    model.zero_grad(set_to_none=True)
-    model.train(mode)
-
-
 def scoring_pass(model, prunable, strategy, batches) -> dict:
     from deepcuts.scoring import run_scoring
 
@@ -67,11 +55,11 @@ def bench_s1_s2(quick: bool, only: set[str]) -> list[dict]:
     out = []
     if "S1" in only:
         pairs = {
-            "plain_fwd_bwd": lambda: plain_fwd_bwd(model, batches),
+            "plain_fwd_bwd": lambda: C.plain_fwd_bwd(model, batches),
             "camcut_scoring": lambda: scoring_pass(model, prunable, camcut(), batches),
         }
         # warm up once (on two batches: allocator, Lightning's first Trainer, lazy imports)
-        plain_fwd_bwd(model, batches[:2])
+        C.plain_fwd_bwd(model, batches[:2])
         scoring_pass(model, prunable, camcut(), batches[:2])
         times = C.interleaved(pairs, reps=reps, warmup=0)
         ratio = C.ratio_of_medians(times, "camcut_scoring", "plain_fwd_bwd")
@@ -86,10 +74,10 @@ def bench_s1_s2(quick: bool, only: set[str]) -> list[dict]:
         eta = 3 if quick else ETA
         sb = batches[:1] if quick else batches[:2]  # eta passes per batch: keep the run short
         if "S1" not in only:
-            plain_fwd_bwd(model, sb)
+            C.plain_fwd_bwd(model, sb)
             scoring_pass(model, prunable, smoothcut(1), sb)
         pairs = {
-            "plain_fwd_bwd": lambda: plain_fwd_bwd(model, sb),
+            "plain_fwd_bwd": lambda: C.plain_fwd_bwd(model, sb),
             "smoothcut_scoring": lambda: scoring_pass(model, prunable, smoothcut(eta), sb),
         }
         times = C.interleaved(pairs, reps=reps, warmup=0)

@@ -250,3 +250,15 @@ def parse_common(argv: list[str] | None = None, extra: Callable | None = None):
     if extra:
         extra(p)
     return p.parse_args(argv)
+
+
+def plain_fwd_bwd(model, batches, passes: int = 1) -> None:
+    """The baseline: full-model fwd+bwd, all parameters requiring grad, eval mode."""
+    mode = model.training
+    model.eval()
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        for _ in range(passes):
+            model.loss(batch).backward()
+    model.zero_grad(set_to_none=True)
+    model.train(mode)

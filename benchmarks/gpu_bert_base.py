@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import common as C  # noqa: E402  (benchmarks/common.py: stdlib only at import)
 import torch  # noqa: E402
 
 TARGETS = {"S1": 1.15, "S2": 1.15, "S3": 1.10}
@@ -119,17 +120,6 @@ def build(args, device):
     return config, model, prunable, batches
 
 
-def plain_fwd_bwd(model, batches, passes: int = 1) -> None:
-    mode = model.training
-    model.eval()
-    for batch in batches:
-        model.zero_grad(set_to_none=True)
-        for _ in range(passes):
-            model.loss(batch).backward()
-    model.zero_grad(set_to_none=True)
-    model.train(mode)
-
-
 def scoring(model, prunable, strategy, batches, device):
     from torch.utils.data import DataLoader
 
@@ -198,14 +188,14 @@ def main(argv=None) -> dict:
         return S.SmoothGrad("smoothgrad", eta=args.eta, sigma=1e-3)
 
     if "S1" in only:
-        fns = {"plain_fwd_bwd": lambda: plain_fwd_bwd(model, batches),
+        fns = {"plain_fwd_bwd": lambda: C.plain_fwd_bwd(model, batches),
                "camcut_scoring": lambda: scoring(model, prunable, camcut(), batches, device)}
         times = interleaved(fns, args.reps, device)
         results.append(entry("S1", "Cam-Cut scoring pass / plain fwd+bwd (eval mode, same batches)",
                              "camcut_scoring", "plain_fwd_bwd", times))
     if "S2" in only:
         sb = batches[:s2_batches]
-        fns = {"plain_fwd_bwd": lambda: plain_fwd_bwd(model, sb),
+        fns = {"plain_fwd_bwd": lambda: C.plain_fwd_bwd(model, sb),
                "smoothcut_scoring": lambda: scoring(model, prunable, smooth(), sb, device)}
         times = interleaved(fns, args.reps, device, warmup=0 if "S1" in only else 1)
         results.append(entry("S2", f"Smooth-Cut (eta={args.eta}) scoring / (eta x plain fwd+bwd)",
