@@ -148,12 +148,11 @@ def load_dense(folder: Path, model) -> dict:
 
 
 def collect_results(
-    cfg, model, prunable, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
+    cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
     timings: dict, cache: StageCache, score_dir: Path,
 ) -> dict:
     total = B.count_parameters(model)
     nonzero = B.count_nonzero(model)
-    masks = M.current_masks(model)
     kept = sum(int(m.sum()) for m in masks.values())
     meta = _score_meta(score_dir)
     return {

@@ -132,10 +132,10 @@ def run(cfg: DictConfig) -> dict:
         timings["total"] = time.perf_counter() - t0
 
         # 6. The outputs contract; results.json last.
-        results = outputs.collect_results(
-            cfg, model, prunable, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir
-        )
         final_masks = M.current_masks(model)
+        results = outputs.collect_results(
+            cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir
+        )
         outputs.write_run(out, results, final_masks, model, cfg)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job
             cache.get_or_build("runs", specs["run"], lambda d: outputs.store_run(d, out))

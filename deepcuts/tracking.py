@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from deepcuts.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def wandb_wanted(cfg: DictConfig) -> bool:
