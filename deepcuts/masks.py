@@ -151,6 +151,20 @@ def remove_masks(model: nn.Module) -> None:
                 prune.remove(module, hook._tensor_name)
 
 
+def detach_masked_views(model: nn.Module) -> None:
+    """Make a masked model picklable (``ddp_spawn`` sends it to its ranks by pickle).
+
+    Between forwards, a masked module holds the last ``orig * mask`` product as a plain attribute,
+    a tensor with autograd history that cannot cross a process boundary. Its detached value is
+    the same numbers, and the next forward recomputes it from ``*_orig`` and ``*_mask`` anyway.
+    """
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                name = hook._tensor_name
+                setattr(module, name, getattr(module, name).detach())
+
+
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The masks attached to a model, keyed by parameter name, as boolean tensors."""
     return {

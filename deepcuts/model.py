@@ -136,12 +136,17 @@ class GlueModel(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._forward_batch(batch)
-        self.log("val/loss", self.loss_from_output(out, batch["labels"]), batch_size=len(out))
+        self.log("val/loss", self.loss_from_output(out, batch["labels"]), batch_size=len(out), sync_dist=True)
         self.val_metrics.update(self.predictions(out), batch["labels"])
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict({k: v.float() for k, v in self.val_metrics.compute().items()}, prog_bar=True)
+    def on_validation_epoch_start(self) -> None:
+        # Fresh states made in this loop's own grad mode: Trainer.validate runs under
+        # inference_mode and fit's validation under no_grad, which cannot update the former's.
         self.val_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        # under DDP, compute() gathers every rank's state, so all ranks log the same global value
+        self.log_dict({k: v.float() for k, v in self.val_metrics.compute().items()}, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])

@@ -147,6 +147,11 @@ def load_dense(folder: Path, model) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
+def _metrics_only(epoch: dict) -> dict:
+    """One epoch's dev metrics, without its position (epoch, optimiser step)."""
+    return {k: v for k, v in epoch.items() if k not in ("epoch", "step")}
+
+
 def collect_results(
     cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
     timings: dict, cache: StageCache, score_dir: Path,
@@ -175,9 +180,9 @@ def collect_results(
         "nonzero_parameters": nonzero,
         "achieved_ratio": total / nonzero,
         "prunable_sparsity": 1 - kept / own_budget.prunable,
-        "dense": {k: v for k, v in dense["selected"].items() if k != "epoch"},
-        "pruned": {k: v for k, v in pruned["selected"].items() if k != "epoch"},
-        "pruned_last_epoch": {k: v for k, v in pruned["last"].items() if k != "epoch"},
+        "dense": _metrics_only(dense["selected"]),
+        "pruned": _metrics_only(pruned["selected"]),
+        "pruned_last_epoch": _metrics_only(pruned["last"]),
         "best_epoch": pruned["best_epoch"],
         "history": {"dense": dense["history"], "pruned": pruned["history"]},
         "epochs_dense": cfg.epochs_dense,

@@ -23,7 +23,7 @@ from deepcuts.model import GlueModel, load_encoder, load_tokenizer
 from deepcuts.scoring import run_scoring
 from deepcuts.store import StageCache, read_tensors, write_tensors
 from deepcuts.tracking import tracking
-from deepcuts.training import fine_tune
+from deepcuts.training import check_trainer, fine_tune
 
 log = logging.getLogger(__name__)
 REWIND = ("pretrained", "finetuned")
@@ -75,6 +75,7 @@ def run(cfg: DictConfig) -> dict:
     t0, timings = time.perf_counter(), {}
 
     # Everything that can fail on bad input fails here, before any training.
+    check_trainer(cfg.trainer)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     strategy = instantiate_checked(cfg.strategy)
     model = build_model(cfg, tokenizer)

@@ -3,6 +3,7 @@ epoch (on the task's monitor metric) loaded back into the model when asked."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -14,14 +15,44 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
+from deepcuts.errors import ConfigError
+from deepcuts.masks import detach_masked_views
+from deepcuts.store import write_json
+
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
+# Launchers that keep this process as the driver: only trainer.fit runs in the ranks.
+IN_PROCESS_STRATEGIES = ("auto", "single_device", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def check_trainer(trainer_cfg: DictConfig) -> None:
+    """Refuse Lightning strategies that re-launch the whole script once per rank.
+
+    The pipeline's stages (cache lock, scoring, masks, results) run in one driver process; a
+    re-launched rank would run them too, and wait for the lock its peer holds mid-``fit``.
+    """
+    strategy = trainer_cfg.get("strategy", "auto")
+    if not isinstance(strategy, str):  # an instantiated Strategy: the user's responsibility
+        return
+    if not strategy.startswith(IN_PROCESS_STRATEGIES):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} re-launches the script in every rank, which DeepCuts "
+            "does not support: its stages run in one process that hands each fine-tune to the "
+            "ranks. Use trainer=ddp (strategy ddp_spawn) for several devices, or one job per "
+            "device with hydra/launcher=parallel."
+        )
 
 
 class EpochMetrics(pl.Callback):
-    """Keeps every validation epoch's metrics, so the best and the last epoch are both reported."""
+    """Keeps every validation epoch's metrics, so the best and the last epoch are both reported.
 
-    def __init__(self) -> None:
+    The history goes to a JSON file (global rank 0, after every validation) as well as to memory:
+    under ``ddp_spawn`` the callback runs in the spawned ranks and only files come back.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.history: list[dict[str, float]] = []
+        path.unlink(missing_ok=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -31,7 +62,12 @@ class EpochMetrics(pl.Callback):
             for k, v in trainer.callback_metrics.items()
             if k.startswith("val/")
         }
-        self.history.append({"epoch": trainer.current_epoch, **metrics})
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        if trainer.is_global_zero:
+            write_json(self.path, self.history)
+
+    def read(self) -> list[dict[str, float]]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else self.history
 
 
 def fine_tune(
@@ -47,8 +83,9 @@ def fine_tune(
     """Train ``epochs`` epochs (0: evaluate only). Returns ``{"selected", "last", "history",
     "best_epoch"}``; with ``select_best`` the model ends with the best epoch's weights."""
     monitor, mode = f"val/{cfg.data.monitor}", cfg.data.monitor_mode
-    tracker = EpochMetrics()
     ckpt_dir = folder / "checkpoints" / stage
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tracker = EpochMetrics(ckpt_dir / "history.json")
     callbacks: list[pl.Callback] = [tracker]
     checkpoint = None
     if select_best and epochs > 0:
@@ -66,6 +103,7 @@ def fine_tune(
     # Each phase starts from its own seed, so a phase gives the same result whether the phases
     # before it ran in this process or came from the cache (or a killed job's completed stages).
     pl.seed_everything(cfg.seed + PHASE_SEED_OFFSET[stage], workers=True, verbose=False)
+    detach_masked_views(model)  # picklable, for strategy=ddp_spawn
     if epochs > 0:
         # Lightning keeps each submodule's train/eval mode as it finds it, and transformers'
         # from_pretrained returns eval mode: without this, fine-tuning would run without dropout.
@@ -73,7 +111,7 @@ def fine_tune(
         trainer.fit(model, datamodule=datamodule)
     else:
         trainer.validate(model, datamodule=datamodule, verbose=False)
-    history = tracker.history
+    history = tracker.read()
     last = history[-1] if history else {}
     selected, best_epoch = last, last.get("epoch")
     if checkpoint is not None and checkpoint.best_model_path:
@@ -84,5 +122,5 @@ def fine_tune(
         finite = [h for h in history if math.isfinite(h[cfg.data.monitor])]
         selected = max(finite, key=lambda h: sign * h[cfg.data.monitor])
         best_epoch = selected["epoch"]
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch}

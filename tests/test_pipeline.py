@@ -143,3 +143,12 @@ def test_relaunched_job_in_a_new_folder_reuses_the_finished_run(make_cfg, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     redo = run(make_cfg("data=stsb", "strategy=layer_mag_weight", "resume=false", f"output_dir={tmp_path / 'redo'}"))
     assert "run" not in redo["cache"]["hits"]
+
+
+def test_evaluation_only_dense_stage_then_masked_fine_tune(make_cfg):
+    """epochs_dense=0 validates under inference_mode, then fit validates under no_grad: the
+    metric states made by the first must not break the second."""
+    results = run(make_cfg("data=stsb", "epochs_dense=0", "epochs_final=1"))
+    assert [h["epoch"] for h in results["history"]["dense"]] == [0]
+    assert [h["step"] for h in results["history"]["dense"]] == [0]
+    assert [h["step"] for h in results["history"]["pruned"]] == [6]
