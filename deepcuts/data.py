@@ -18,6 +18,7 @@ from typing import Any
 import datasets
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
@@ -217,7 +218,7 @@ class GlueDataModule(pl.LightningDataModule):
                 self.splits[split] = self._build(split)
 
     # -- loaders --------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle_seed: int | None) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle_seed: int | None, sampler=None) -> DataLoader:
         generator = None
         if shuffle_seed is not None:
             generator = torch.Generator().manual_seed(shuffle_seed)
@@ -226,6 +227,7 @@ class GlueDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle_seed is not None,
             generator=generator,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
         )
@@ -234,7 +236,12 @@ class GlueDataModule(pl.LightningDataModule):
         return self._loader("train", self.batch_size, self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("eval", self.eval_batch_size, None)
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Each dev example on exactly one rank: Lightning's default sampler would repeat
+            # examples to even out the shards, and the dev metrics would differ from one device's.
+            sampler = UnrepeatedDistributedSampler(self.splits["eval"], shuffle=False)
+        return self._loader("eval", self.eval_batch_size, None, sampler)
 
     def scoring_dataloader(self, seed: int) -> DataLoader:
         """Train set in a seeded order of its own, for scoring passes."""

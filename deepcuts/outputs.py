@@ -64,6 +64,13 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
+def _trainer_spec(trainer: DictConfig) -> dict:
+    spec = {k: v for k, v in _plain(trainer).items() if k not in TRAINER_COSMETIC}
+    if spec.get("strategy") == "auto":  # Lightning's default, as before the key existed: same cache keys
+        del spec["strategy"]
+    return spec
+
+
 def stage_specs(cfg: DictConfig) -> dict[str, dict]:
     """Exactly the config each shared stage depends on (never the ratio, output folder or logger).
     Eval-set limits are part of the dense spec because the dense metrics are stored with it."""
@@ -74,7 +81,7 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
         "model": _plain(cfg.model),
         "optimizer": _plain(cfg.optimizer),
         "scheduler": _plain(cfg.scheduler) if cfg.get("scheduler") else None,
-        "trainer": {k: v for k, v in _plain(cfg.trainer).items() if k not in TRAINER_COSMETIC},
+        "trainer": _trainer_spec(cfg.trainer),
         "epochs_dense": cfg.epochs_dense,
         "seed": cfg.seed,
         "version": 1,

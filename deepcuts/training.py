@@ -10,35 +10,46 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from deepcuts.errors import ConfigError
 from deepcuts.masks import detach_masked_views
 from deepcuts.store import write_json
 
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
-# Launchers that keep this process as the driver: only trainer.fit runs in the ranks.
-IN_PROCESS_STRATEGIES = ("auto", "single_device", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 def check_trainer(trainer_cfg: DictConfig) -> None:
-    """Refuse Lightning strategies that re-launch the whole script once per rank.
+    """Build the configured Trainer once, before any training, and refuse launchers that would
+    run the job more than once.
 
-    The pipeline's stages (cache lock, scoring, masks, results) run in one driver process; a
-    re-launched rank would run them too, and wait for the lock its peer holds mid-``fit``.
+    The pipeline's stages (cache lock, scoring, masks, results) run in one driver process that
+    hands each fine-tune to Lightning. A strategy that re-launches the script per rank (``ddp``,
+    and what ``strategy=auto`` picks for several devices) would run every stage in every rank,
+    each waiting on the stage lock its peer holds; forked ranks (``ddp_fork``) cannot use a GPU
+    the driver has used for scoring. Spawned ranks (``trainer=ddp``) are what works.
     """
-    strategy = trainer_cfg.get("strategy", "auto")
-    if not isinstance(strategy, str):  # an instantiated Strategy: the user's responsibility
-        return
-    if not strategy.startswith(IN_PROCESS_STRATEGIES):
+    try:
+        trainer = instantiate(trainer_cfg, logger=False, enable_checkpointing=False)
+    except (InstantiationException, MisconfigurationException, ValueError, TypeError) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+        raise ConfigError(f"the trainer config is not valid: {cause}") from None
+    launcher = trainer.strategy.launcher
+    start = getattr(launcher, "_start_method", None)  # None: the script is re-launched per rank
+    if launcher is not None and start not in ("spawn", "forkserver"):
+        how = (
+            "forks its ranks, which fails once the driver has used a GPU" if start == "fork"
+            else "re-launches the script in every rank, so each rank would run the whole job"
+        )
         raise ConfigError(
-            f"trainer.strategy={strategy!r} re-launches the script in every rank, which DeepCuts "
-            "does not support: its stages run in one process that hands each fine-tune to the "
-            "ranks. Use trainer=ddp (strategy ddp_spawn) for several devices, or one job per "
-            "device with hydra/launcher=parallel."
+            f"trainer.strategy={OmegaConf.to_container(trainer_cfg).get('strategy')!r} on "
+            f"{trainer.num_devices} devices {how}. Use trainer=ddp trainer.devices=N for several "
+            "devices in one job (spawned ranks), or one job per device with hydra/launcher=parallel."
         )
 
 

@@ -20,7 +20,7 @@ BASE = ("strategy=gradcam_shift",)
     "override",
     ["optimizer.lr=1e-3", "epochs_dense=2", "seed=1", "data.max_train_samples=40", "data=sst2",
      "model.config.hidden_size=64", "+trainer.accumulate_grad_batches=4", "+trainer.gradient_clip_val=1.0",
-     "trainer.precision=bf16-mixed", "scheduler=linear_warmup"],
+     "trainer.precision=bf16-mixed", "scheduler=linear_warmup", "trainer=ddp", "trainer.devices=3"],
 )
 def test_dense_key_changes_with_what_determines_the_dense_model(make_cfg, override):
     assert keys(make_cfg, *BASE, override)["dense"] != keys(make_cfg, *BASE)["dense"]

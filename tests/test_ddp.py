@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -15,22 +16,32 @@ from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import load_tokenizer
 from deepcuts.pipeline import build_model, run
-from deepcuts.training import fine_tune
+from deepcuts.training import check_trainer, fine_tune
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 
 
 def test_trainer_ddp_composes_on_the_default_trainer(make_cfg):
     cfg = make_cfg(*DDP)
-    assert cfg.trainer.strategy == "ddp_spawn" and cfg.trainer.devices == 2
-    assert cfg.trainer.precision == "32-true" and cfg.trainer.num_sanity_val_steps == 0
+    assert cfg.trainer.strategy.start_method == "spawn" and cfg.trainer.strategy.broadcast_buffers is False
+    assert cfg.trainer.devices == 2 and cfg.trainer.precision == "32-true"
+    check_trainer(cfg.trainer)  # accepted
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_a_strategy_that_relaunches_the_script_is_refused_before_training(make_cfg, tmp_path, strategy):
-    with pytest.raises(ConfigError, match=f"trainer.strategy='{strategy}' re-launches the script"):
-        run(make_cfg(f"trainer.strategy={strategy}", "trainer.devices=2"))
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.devices=2"], "trainer.strategy='auto' on 2 devices re-launches the script"),
+        (["trainer.strategy=ddp", "trainer.devices=2"], "trainer.strategy='ddp' on 2 devices re-launches the script"),
+        (["trainer.strategy=ddp_fork", "trainer.devices=2"], "trainer.strategy='ddp_fork' on 2 devices forks its ranks"),
+        (["trainer.precision=17"], "the trainer config is not valid: Precision 17 is invalid"),
+    ],
+)
+def test_a_trainer_that_cannot_run_the_job_is_refused_before_training(make_cfg, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(make_cfg("trainer.accelerator=cpu", *overrides))
     assert not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "cache").exists()
 
 
 def model_and_data(cfg):
@@ -54,21 +65,29 @@ def test_ddp_fine_tune_returns_trained_masked_weights_to_the_driver(make_cfg, tm
 
     # 48 examples, 8 per rank per step, 2 ranks: 3 optimiser steps an epoch (6 on one device)
     assert [h["step"] for h in out["history"]] == [3, 6]
-    assert out["best_epoch"] in (0, 1) and math.isfinite(out["selected"]["pearson"])
+    assert math.isfinite(out["selected"]["pearson"])
+    scores = [h["spearmanr"] for h in out["history"]]
+    assert out["best_epoch"] == scores.index(max(scores)) and out["selected"] == out["history"][out["best_epoch"]]
     after = model.state_dict()
     changed = [k for k in prunable if not torch.equal(after[k + "_orig"], before[k + "_orig"])]
     assert changed, "the ranks' trained weights did not come back to the driver process"
     for name, mask in M.current_masks(model).items():
         assert torch.equal(mask, before[name + "_mask"])
         assert dict(model.named_parameters())[name + "_orig"][mask == 0].abs().sum() == 0
+    # the driver holds the selected epoch's weights: one device re-evaluates them to the same numbers
+    again = fine_tune(model, data, make_cfg("data=stsb"), 0, tmp_path / "eval", "pruned", select_best=False)
+    for k in ("spearmanr", "mse"):
+        assert again["selected"][k] == pytest.approx(out["selected"][k], rel=1e-5)
 
 
 @pytest.mark.slow
 def test_ddp_job_gathers_dev_metrics_over_ranks(make_cfg, tmp_path):
-    """Evaluation-only dense stage: the metric over both ranks' halves of the dev set equals the
-    single-process one (rank 0's half alone would differ)."""
-    single = run(make_cfg("data=stsb", "epochs_dense=0", f"output_dir={tmp_path / 'one'}"))
-    ddp = run(make_cfg("data=stsb", "epochs_dense=0", f"output_dir={tmp_path / 'two'}", *DDP))
+    """Evaluation-only dense stage: the metrics over both ranks' shards of the dev set equal the
+    single-process ones (rank 0's shard alone, or repeated examples, would differ). 17 dev
+    examples in batches of 8: uneven shards, 9 and 8 examples, 2 and 1 batches."""
+    shape = ("data=stsb", "epochs_dense=0", "data.max_eval_samples=17", "data.eval_batch_size=8")
+    single = run(make_cfg(*shape, f"output_dir={tmp_path / 'one'}"))
+    ddp = run(make_cfg(*shape, f"output_dir={tmp_path / 'two'}", *DDP))
     for k in ("spearmanr", "mse"):  # gathered predictions / summed errors: the same numbers
         assert ddp["dense"][k] == pytest.approx(single["dense"][k], rel=1e-6)
     # Pearson merges per-rank float32 moments; the tiny model's near-constant outputs cost ~1e-3
