@@ -10,10 +10,8 @@ first run really parses and tokenises (datasets' own csv/map caches would otherw
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,22 +33,15 @@ def child(cache_dir: str) -> None:
     t = time.perf_counter()
     data.setup()
     seconds = time.perf_counter() - t
-    print("S7JSON " + json.dumps({
+    C.child_report({
         "setup_s": seconds, "train": len(data.splits["train"]), "eval": len(data.splits["eval"]),
         "cache_dir": str(cfg.data.cache_dir),
-    }), flush=True)
+    })
 
 
 def run_child(cache_dir: Path, hf_cache: Path) -> dict:
     env = {**os.environ, "HF_DATASETS_CACHE": str(hf_cache), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", str(cache_dir)],
-        capture_output=True, text=True, cwd=str(C.REPO), env=env, check=False,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("S7JSON "):
-            return json.loads(line[len("S7JSON "):])
-    raise RuntimeError(f"S7 child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return C.run_child(__file__, "--child", str(cache_dir), env=env)
 
 
 def bench_s7(quick: bool) -> dict:

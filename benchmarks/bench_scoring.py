@@ -14,10 +14,8 @@ pipeline calls it, with nothing subtracted: Trainer construction and Lightning's
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
@@ -117,22 +115,15 @@ def s6_child(kind: str, n_batches: int) -> None:
     else:
         scoring_pass(model, prunable, camcut(), batches)
     after = {"rss_kb": _rss_kb(), "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
-    print("S6JSON " + json.dumps({
+    C.child_report({
         "kind": kind, "before": before, "after": after, "prunable_bytes": C.prunable_bytes(prunable),
         "parameter_bytes": int(sum(p.numel() * p.element_size() for p in model.parameters())),
         "data": C.tokens(batches),
-    }), flush=True)
+    })
 
 
 def run_child(kind: str, n_batches: int) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--s6-child", kind, "--batches", str(n_batches)],
-        capture_output=True, text=True, cwd=str(C.REPO), check=False,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("S6JSON "):
-            return json.loads(line[len("S6JSON "):])
-    raise RuntimeError(f"S6 child {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return C.run_child(__file__, "--s6-child", kind, "--batches", str(n_batches))
 
 
 def bench_s6(quick: bool) -> dict:

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -157,6 +158,27 @@ def emit(results: list[dict], write: bool = True) -> None:
             write_result(res)
         flag = "MET " if res["met"] else "MISS"
         print(f"[{flag}] {res['id']}: {res['measured']:.4g} (target {res['target']}) -- {res['what']}", flush=True)
+
+
+# -- measurements in a fresh process ----------------------------------------------------------
+CHILD_TAG = "BENCHJSON "
+
+
+def child_report(data: dict) -> None:
+    """Hand a child process's measurement to ``run_child`` (one tagged line on stdout)."""
+    print(CHILD_TAG + json.dumps(data), flush=True)
+
+
+def run_child(script: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``script`` in a fresh interpreter and return what it gave ``child_report``."""
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, cwd=str(REPO),
+        env=env, check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(CHILD_TAG):
+            return json.loads(line[len(CHILD_TAG):])
+    raise RuntimeError(f"{Path(script).name} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
 # -- the shared MiniLM + GLUE setup -------------------------------------------------------------
