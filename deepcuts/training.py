@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -47,7 +47,7 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
             else "re-launches the script in every rank, so each rank would run the whole job"
         )
         raise ConfigError(
-            f"trainer.strategy={OmegaConf.to_container(trainer_cfg).get('strategy')!r} on "
+            f"trainer.strategy={trainer_cfg.get('strategy')!r} on "
             f"{trainer.num_devices} devices {how}. Use trainer=ddp trainer.devices=N for several "
             "devices in one job (spawned ranks), or one job per device with hydra/launcher=parallel."
         )
