@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
@@ -104,6 +105,34 @@ def parse_labels(values: list[Any], task: dict, path: Path, column: str) -> list
     return out
 
 
+def holdout_indices(labels: list, task: dict, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded, stratified split of train into (train, holdout) indices for model selection.
+
+    Strata are the classes (classification) or five equal-count score bins (regression), so the
+    held-out slice has the train set's label distribution; each stratum gives ``round(f * n)``.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"selection_fraction must be in (0, 1), got {fraction}.")
+    values = np.asarray(labels, dtype=float)
+    if task["type"] == "classification":
+        strata = values.astype(int)
+    else:  # rank-based bins: equal counts even when scores cluster
+        strata = np.floor(np.argsort(np.argsort(values, kind="stable"), kind="stable") * 5 / len(values)).astype(int)
+    rng = np.random.default_rng(seed + 20_011)
+    holdout: list[int] = []
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        take = int(np.floor(fraction * len(members) + 0.5))
+        holdout.extend(rng.permutation(members)[:take].tolist())
+    if not holdout or len(holdout) == len(values):
+        raise ConfigError(
+            f"selection_fraction={fraction} of {len(values)} train examples leaves an empty "
+            "train or holdout set; use more data or another fraction."
+        )
+    chosen = set(holdout)
+    return [i for i in range(len(values)) if i not in chosen], sorted(holdout)
+
+
 class GlueDataModule(pl.LightningDataModule):
     """Train and dev splits of one GLUE-format task, tokenised once and cached on disk."""
 
@@ -129,6 +158,7 @@ class GlueDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         seed: int = 0,
+        holdout_fraction: float | None = None,
         **_: Any,  # metrics/monitor belong to the model; the same YAML feeds both
     ) -> None:
         super().__init__()
@@ -142,6 +172,7 @@ class GlueDataModule(pl.LightningDataModule):
         self.limits = {"train": max_train_samples, "eval": max_eval_samples}
         self.subset_seed, self.num_workers, self.seed = subset_seed, num_workers, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.holdout_fraction = holdout_fraction
         self.collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.splits: dict[str, datasets.Dataset] = {}
         if len(self.text_columns) not in (1, 2):
@@ -216,6 +247,10 @@ class GlueDataModule(pl.LightningDataModule):
         for split in ("train", "eval"):
             if split not in self.splits:
                 self.splits[split] = self._build(split)
+        if self.holdout_fraction and "holdout" not in self.splits:
+            train, holdout = holdout_indices(self.splits["train"]["labels"], self.task, self.holdout_fraction, self.seed)
+            self.splits["holdout"] = self.splits["train"].select(holdout)
+            self.splits["train"] = self.splits["train"].select(train)
 
     # -- loaders --------------------------------------------------------------------------
     def _loader(self, split: str, batch_size: int, shuffle_seed: int | None, sampler=None) -> DataLoader:
@@ -235,13 +270,19 @@ class GlueDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        sampler = None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Each dev example on exactly one rank: Lightning's default sampler would repeat
-            # examples to even out the shards, and the dev metrics would differ from one device's.
-            sampler = UnrepeatedDistributedSampler(self.splits["eval"], shuffle=False)
-        return self._loader("eval", self.eval_batch_size, None, sampler)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The dev set, then the held-out selection slice of train when there is one."""
+        loaders = []
+        for split in ("eval", "holdout"):
+            if split not in self.splits:
+                continue
+            sampler = None
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Each example on exactly one rank: Lightning's default sampler would repeat
+                # examples to even out the shards, and the metrics would differ from one device's.
+                sampler = UnrepeatedDistributedSampler(self.splits[split], shuffle=False)
+            loaders.append(self._loader(split, self.eval_batch_size, None, sampler))
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def scoring_dataloader(self, seed: int) -> DataLoader:
         """Train set in a seeded order of its own, for scoring passes."""

@@ -97,7 +97,9 @@ class GlueModel(pl.LightningModule):
         self.regression = self.task["type"] == "regression"
         out = 1 if self.regression else int(self.task["num_labels"])
         self.head = nn.Linear(encoder.config.hidden_size, out)
-        self.val_metrics = MetricCollection(dict(metrics), prefix="val/")
+        self.val_metrics = MetricCollection(dict(metrics), prefix="val/")  # the dev set (reported)
+        self.holdout_metrics = self.val_metrics.clone(prefix="holdout/")  # selection=holdout only
+        self._holdout_seen = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
@@ -134,19 +136,27 @@ class GlueModel(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loader 0 is the dev set; loader 1, when present, the held-out selection slice."""
         out = self._forward_batch(batch)
-        self.log("val/loss", self.loss_from_output(out, batch["labels"]), batch_size=len(out), sync_dist=True)
-        self.val_metrics.update(self.predictions(out), batch["labels"])
+        prefix, metrics = ("val", self.val_metrics) if dataloader_idx == 0 else ("holdout", self.holdout_metrics)
+        self._holdout_seen |= dataloader_idx == 1
+        self.log(f"{prefix}/loss", self.loss_from_output(out, batch["labels"]), batch_size=len(out),
+                 sync_dist=True, add_dataloader_idx=False)
+        metrics.update(self.predictions(out), batch["labels"])
 
     def on_validation_epoch_start(self) -> None:
         # Fresh states made in this loop's own grad mode: Trainer.validate runs under
         # inference_mode and fit's validation under no_grad, which cannot update the former's.
         self.val_metrics.reset()
+        self.holdout_metrics.reset()
+        self._holdout_seen = False
 
     def on_validation_epoch_end(self) -> None:
         # under DDP, compute() gathers every rank's state, so all ranks log the same global value
-        self.log_dict({k: v.float() for k, v in self.val_metrics.compute().items()}, prog_bar=True, sync_dist=True)
+        for metrics in (self.val_metrics, self.holdout_metrics) if self._holdout_seen else (self.val_metrics,):
+            self.log_dict({k: v.float() for k, v in metrics.compute().items()}, prog_bar=True,
+                          sync_dist=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])

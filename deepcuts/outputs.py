@@ -71,9 +71,11 @@ def _trainer_spec(trainer: DictConfig) -> dict:
     return spec
 
 
-def stage_specs(cfg: DictConfig) -> dict[str, dict]:
+def stage_specs(cfg: DictConfig, scored: DictConfig | None = None) -> dict[str, dict]:
     """Exactly the config each shared stage depends on (never the ratio, output folder or logger).
-    Eval-set limits are part of the dense spec because the dense metrics are stored with it."""
+    Eval-set limits are part of the dense spec because the dense metrics are stored with it.
+    ``scored``: the config whose strategy computes the scores, when not the run's own (controls)."""
+    scored = cfg if scored is None else scored
     data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "cache_dir", "num_workers")}
     dense = {
         "data": data,
@@ -84,9 +86,11 @@ def stage_specs(cfg: DictConfig) -> dict[str, dict]:
         "trainer": _trainer_spec(cfg.trainer),
         "epochs_dense": cfg.epochs_dense,
         "seed": cfg.seed,
+        "selection": cfg.selection,  # the dense model kept is the selected epoch's
+        "selection_fraction": cfg.selection_fraction if cfg.selection == "holdout" else None,
         "version": 1,
     }
-    strategy = {k: v for k, v in _plain(cfg.strategy).items() if k not in ("name", "scope")}
+    strategy = {k: v for k, v in _plain(scored.strategy).items() if k not in ("name", "scope")}
     scores = {
         "dense": dense,
         "strategy": strategy,
@@ -156,12 +160,12 @@ def load_dense(folder: Path, model) -> dict:
 
 def _metrics_only(epoch: dict) -> dict:
     """One epoch's dev metrics, without its position (epoch, optimiser step)."""
-    return {k: v for k, v in epoch.items() if k not in ("epoch", "step")}
+    return {k: v for k, v in epoch.items() if k not in ("epoch", "step", "holdout")}
 
 
 def collect_results(
     cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
-    timings: dict, cache: StageCache, score_dir: Path,
+    timings: dict, cache: StageCache, score_dir: Path, strategy, scorer,
 ) -> dict:
     total = B.count_parameters(model)
     nonzero = B.count_nonzero(model)
@@ -173,7 +177,8 @@ def collect_results(
         "data": cfg.data.name,
         "model": cfg.model.name,
         "strategy": cfg.strategy.name,
-        "scope": cfg.strategy.scope,
+        "scope": scorer.scope,
+        "control": strategy.control,
         "ratio": float(cfg.ratio),
         "ratio_basis": cfg.ratio_basis,
         "seed": int(cfg.seed),
@@ -187,10 +192,13 @@ def collect_results(
         "nonzero_parameters": nonzero,
         "achieved_ratio": total / nonzero,
         "prunable_sparsity": 1 - kept / own_budget.prunable,
+        "selection": cfg.selection,  # dev: selected on the reported set (the paper's practice)
         "dense": _metrics_only(dense["selected"]),
+        "dense_last_epoch": _metrics_only(dense["last"]),
         "pruned": _metrics_only(pruned["selected"]),
         "pruned_last_epoch": _metrics_only(pruned["last"]),
         "best_epoch": pruned["best_epoch"],
+        "dense_best_epoch": dense.get("best_epoch"),
         "history": {"dense": dense["history"], "pruned": pruned["history"]},
         "epochs_dense": cfg.epochs_dense,
         "epochs_final": cfg.epochs_final,

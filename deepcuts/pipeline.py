@@ -6,13 +6,15 @@ dense fine-tune -> score -> masks -> rewind -> masked fine-tune (fresh optimiser
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcuts import budget as B
 from deepcuts import masks as M
@@ -23,10 +25,11 @@ from deepcuts.model import GlueModel, load_encoder, load_tokenizer
 from deepcuts.scoring import run_scoring
 from deepcuts.store import StageCache, read_tensors, write_tensors
 from deepcuts.tracking import tracking
-from deepcuts.training import check_trainer, fine_tune
+from deepcuts.training import check_selection, check_trainer, fine_tune
 
 log = logging.getLogger(__name__)
 REWIND = ("pretrained", "finetuned")
+STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
 
 
 def build_model(cfg: DictConfig, tokenizer) -> GlueModel:
@@ -49,6 +52,21 @@ def instantiate_checked(node: DictConfig):
         raise
 
 
+def scoring_config(cfg: DictConfig, strategy) -> DictConfig:
+    """The config whose strategy computes the scores: the run's own, or, for a control that
+    reuses another strategy's scores (``strategy.of``), the run's config with that strategy."""
+    if strategy.of is None:
+        return cfg
+    path = STRATEGY_DIR / f"{strategy.of}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in STRATEGY_DIR.glob("*.yaml")))
+        raise ConfigError(f"strategy.of={strategy.of!r} names no strategy; use one of: {names}.")
+    other = copy.deepcopy(cfg)
+    with open_dict(other):
+        other.strategy = OmegaConf.load(path)
+    return other
+
+
 def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
     """``keep_fraction`` when given (it overrides the ratio), else from ``ratio``/``ratio_basis``."""
     if cfg.get("keep_fraction") is not None:
@@ -63,8 +81,12 @@ def run(cfg: DictConfig) -> dict:
     out = outputs.prepare_output_dir(cfg.output_dir)
     if cfg.rewind not in REWIND:
         raise ConfigError(f"rewind={cfg.rewind!r} is unknown; use one of {REWIND}.")
+    check_selection(cfg)
     cache = StageCache(cfg.cache_dir, enabled=cfg.cache)
-    specs = outputs.stage_specs(cfg)
+    strategy = instantiate_checked(cfg.strategy)
+    scored = scoring_config(cfg, strategy)  # controls such as shuffled score with another strategy
+    scorer = strategy if scored is cfg else instantiate_checked(scored.strategy)
+    specs = outputs.stage_specs(cfg, scored)
     if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
         if outputs.is_complete(out, outputs.run_key(cfg)):
             log.info("%s already holds complete results: skipping (resume=false to redo)", out)
@@ -77,7 +99,6 @@ def run(cfg: DictConfig) -> dict:
     # Everything that can fail on bad input fails here, before any training.
     check_trainer(cfg.trainer)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    strategy = instantiate_checked(cfg.strategy)
     model = build_model(cfg, tokenizer)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
     own_budget = B.model_budget(model, prunable)
@@ -85,7 +106,10 @@ def run(cfg: DictConfig) -> dict:
     if cfg.scoring.batches is not None and int(cfg.scoring.batches) <= 0:
         raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {cfg.scoring.batches}.")
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not a view
-    data = GlueDataModule(tokenizer, **OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed)
+    holdout = cfg.selection_fraction if cfg.selection == "holdout" else None
+    data = GlueDataModule(
+        tokenizer, **OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed, holdout_fraction=holdout
+    )
     data.setup()
     timings["setup"] = time.perf_counter() - t0
 
@@ -95,7 +119,7 @@ def run(cfg: DictConfig) -> dict:
         dense_dir = cache.get_or_build(
             "dense", specs["dense"],
             lambda d: outputs.save_dense(d, model, fine_tune(  # seeded inside: cfg.seed
-                model, data, cfg, cfg.epochs_dense, out, "dense", select_best=False,
+                model, data, cfg, cfg.epochs_dense, out, "dense",
                 loggers=tracker.loggers("dense", use_wandb=False),
             )),
             work=out / "dense",
@@ -105,28 +129,28 @@ def run(cfg: DictConfig) -> dict:
 
         # 2. Scores (shared by every ratio and by the layer/global variants of a strategy).
         t = time.perf_counter()
-        loader = data.scoring_dataloader(cfg.seed) if strategy.needs_data else None
+        loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
         score_dir = cache.get_or_build(
             "scores", specs["scores"],
             lambda d: write_tensors(d / "scores.safetensors", run_scoring(
-                model, prunable, strategy, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
                 trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
-            ), metadata={"batches": str(strategy.batches_seen)}),
+            ), metadata={"batches": str(scorer.batches_seen)}),
             work=out / "scores",
         )
         scores = read_tensors(score_dir / "scores.safetensors")
         timings["scoring"] = time.perf_counter() - t
 
         # 3. Masks, 4. rewind, then attach the masks.
-        masks = M.build_masks(scores, keep_fraction, strategy.scope)
+        masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
         if cfg.rewind == "pretrained":
             model.load_state_dict(initial)
         M.apply_masks(model, masks)
 
-        # 5. Masked fine-tune with a fresh optimiser; the best dev epoch is kept.
+        # 5. Masked fine-tune with a fresh optimiser; the epoch kept follows cfg.selection.
         t = time.perf_counter()
         pruned = fine_tune(
-            model, data, cfg, cfg.epochs_final, out, "pruned", select_best=True,
+            model, data, cfg, cfg.epochs_final, out, "pruned",
             loggers=tracker.loggers("pruned"),
         )
         timings["pruned"] = time.perf_counter() - t
@@ -135,7 +159,8 @@ def run(cfg: DictConfig) -> dict:
         # 6. The outputs contract; results.json last.
         final_masks = M.current_masks(model)
         results = outputs.collect_results(
-            cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir
+            cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir,
+            strategy, scorer,
         )
         outputs.write_run(out, results, final_masks, model, cfg)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job

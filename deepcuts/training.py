@@ -4,6 +4,7 @@ epoch (on the task's monitor metric) loaded back into the model when asked."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -22,6 +23,16 @@ from deepcuts.masks import detach_masked_views
 from deepcuts.store import write_json
 
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
+SELECTION = ("last", "holdout", "dev")
+log = logging.getLogger(__name__)
+
+
+def check_selection(cfg: DictConfig) -> None:
+    if cfg.selection not in SELECTION:
+        raise ConfigError(f"selection={cfg.selection!r} is unknown; use one of {SELECTION}.")
+    f = cfg.selection_fraction
+    if cfg.selection == "holdout" and not (isinstance(f, (int, float)) and 0 < f < 1):
+        raise ConfigError(f"selection_fraction must be a number in (0, 1), got {f!r}.")
 
 
 def check_trainer(trainer_cfg: DictConfig) -> None:
@@ -54,7 +65,8 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
 
 
 class EpochMetrics(pl.Callback):
-    """Keeps every validation epoch's metrics, so the best and the last epoch are both reported.
+    """Keeps every validation epoch's dev metrics (and, under ``selection=holdout``, the held-out
+    slice's under ``"holdout"``), so the selected and the last epoch are both reported.
 
     The history goes to a JSON file (global rank 0, after every validation) as well as to memory:
     under ``ddp_spawn`` the callback runs in the spawned ranks and only files come back.
@@ -68,17 +80,28 @@ class EpochMetrics(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {
-            k.split("/", 1)[1]: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("val/")
-        }
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        def split(prefix: str) -> dict[str, float]:
+            return {
+                k.split("/", 1)[1]: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if k.startswith(prefix)
+            }
+
+        entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, **split("val/")}
+        if holdout := split("holdout/"):
+            entry["holdout"] = holdout
+        self.history.append(entry)
         if trainer.is_global_zero:
             write_json(self.path, self.history)
 
     def read(self) -> list[dict[str, float]]:
         return json.loads(self.path.read_text()) if self.path.is_file() else self.history
+
+
+def selection_value(entry: dict, selection: str, metric: str) -> float:
+    """The number an epoch is selected on: the held-out slice's metric, or the dev metric."""
+    source = entry.get("holdout", {}) if selection == "holdout" else entry
+    return float(source.get(metric, math.nan))
 
 
 def fine_tune(
@@ -88,21 +111,28 @@ def fine_tune(
     epochs: int,
     folder: Path,  # the run folder: logs/<stage>/ and checkpoints/<stage>/ go under it
     stage: str,
-    select_best: bool,
     loggers: list[Logger] | None = None,
+    selection: str | None = None,
 ) -> dict:
-    """Train ``epochs`` epochs (0: evaluate only). Returns ``{"selected", "last", "history",
-    "best_epoch"}``; with ``select_best`` the model ends with the best epoch's weights."""
-    monitor, mode = f"val/{cfg.data.monitor}", cfg.data.monitor_mode
+    """Train ``epochs`` epochs (0: evaluate only) and keep one epoch by the ``selection`` rule
+    (default ``cfg.selection``): ``last`` keeps the last epoch (nothing selected); ``holdout``
+    the best epoch on the held-out slice of train; ``dev`` the best dev epoch (the paper's
+    practice, which selects on the set it reports). The model ends with the kept epoch's weights.
+
+    Returns ``{"selected", "last", "history", "best_epoch", "selection"}``; ``best_epoch`` is
+    None when nothing was selected (``last``, or a monitor that is NaN in every epoch).
+    """
+    selection = selection or cfg.selection
+    metric, mode = cfg.data.monitor, cfg.data.monitor_mode
     ckpt_dir = folder / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tracker = EpochMetrics(ckpt_dir / "history.json")
     callbacks: list[pl.Callback] = [tracker]
     checkpoint = None
-    if select_best and epochs > 0:
+    if selection != "last" and epochs > 0:
         checkpoint = ModelCheckpoint(
-            dirpath=ckpt_dir, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True,
-            filename=f"{stage}-best",
+            dirpath=ckpt_dir, monitor=f"{'holdout' if selection == 'holdout' else 'val'}/{metric}",
+            mode=mode, save_top_k=1, save_weights_only=True, filename=f"{stage}-best",
         )
         callbacks.append(checkpoint)
     logger = loggers if loggers is not None else [CSVLogger(save_dir=str(folder / "logs"), name=stage, version="")]
@@ -124,14 +154,21 @@ def fine_tune(
         trainer.validate(model, datamodule=datamodule, verbose=False)
     history = tracker.read()
     last = history[-1] if history else {}
-    selected, best_epoch = last, last.get("epoch")
-    if checkpoint is not None and checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
+    selected, best_epoch = last, None
+    if checkpoint is not None:
         sign = 1 if mode == "max" else -1
         # NaN epochs never win, as in ModelCheckpoint, so the report matches the loaded weights
-        finite = [h for h in history if math.isfinite(h[cfg.data.monitor])]
-        selected = max(finite, key=lambda h: sign * h[cfg.data.monitor])
-        best_epoch = selected["epoch"]
+        finite = [h for h in history if math.isfinite(selection_value(h, selection, metric))]
+        if finite and checkpoint.best_model_path:
+            selected = max(finite, key=lambda h: sign * selection_value(h, selection, metric))
+            best_epoch = selected["epoch"]
+            state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            model.load_state_dict(state)
+        else:  # a collapsed model (constant predictions) has no correlation in any epoch
+            log.warning(
+                "%s: %s %s is NaN in every epoch: keeping the last epoch (best_epoch null).",
+                stage, "holdout" if selection == "holdout" else "dev", metric,
+            )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch}
+    return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch,
+            "selection": selection}

@@ -2,6 +2,7 @@
 YAML in ``conf/strategy``; ``scope`` (layer / global) is set in the YAML, not in code."""
 
 from deepcuts.strategies.base import Strategy
+from deepcuts.strategies.controls import Shuffled
 from deepcuts.strategies.gradcam import GradCAM, GradCAMShift
 from deepcuts.strategies.magnitude import MagnitudeGrad, MagnitudeWeight, RandomScore
 from deepcuts.strategies.smoothgrad import SmoothGrad, SmoothGradCAM, SmoothGradCAMShift
@@ -11,6 +12,7 @@ __all__ = [
     "MagnitudeWeight",
     "MagnitudeGrad",
     "RandomScore",
+    "Shuffled",
     "GradCAM",
     "GradCAMShift",
     "SmoothGrad",

@@ -46,6 +46,8 @@ class Strategy(pl.Callback):
     needs_data = True
     default_batches = 1000
     passes = 1  # forward/backward passes per batch (eta for SmoothGrad)
+    control = False  # a sanity control (random, shuffled): reported apart from the methods
+    of: str | None = None  # a control that reuses another strategy's scores names it here
 
     def __init__(
         self, name: str, scope: str = "layer", accumulate: str = "sum_abs", seed: int = 0
@@ -62,6 +64,10 @@ class Strategy(pl.Callback):
     # -- data-free strategies override this -------------------------------------------------
     def data_free_scores(self, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def transform_masks(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The masks built from the scores, changed by controls (e.g. shuffled); as is by default."""
+        return masks
 
     # -- gradient strategies override these -------------------------------------------------
     def hooks(self, model: nn.Module, params: dict[str, nn.Parameter]) -> contextlib.AbstractContextManager:

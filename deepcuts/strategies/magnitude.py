@@ -19,9 +19,10 @@ class MagnitudeWeight(Strategy):
 
 class RandomScore(Strategy):
     """Random: ``S ~ U(0, 1)`` from a generator seeded by ``seed``; with exact top-k this keeps
-    exactly the target count (the authors' Bernoulli masks did not)."""
+    exactly the target count (the authors' Bernoulli masks did not). A sanity control."""
 
     needs_data = False
+    control = True
 
     def data_free_scores(self, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
