@@ -1,4 +1,4 @@
-"""The outputs contract of a run, and the specs that key the shared-stage cache.
+"""The outputs contract of a run, and the files of its cache entries (``deepcuts.keys`` keys them).
 
 Every run folder holds ``results.json`` (written last, atomically, with ``"status": "complete"``),
 ``masks.safetensors`` (one boolean tensor per pruned parameter, keyed by parameter name),
@@ -22,7 +22,6 @@ from deepcuts.errors import ConfigError
 from deepcuts.store import (
     StageCache,
     atomic_path,
-    config_key,
     read_tensors,
     write_json,
     write_tensors,
@@ -51,111 +50,83 @@ def read_results(out: Path) -> dict:
     return json.loads((out / RESULTS).read_text())
 
 
-def is_complete(out: Path, key: str) -> bool:
+def is_complete(out: Path, key: str, save_model: bool = False) -> bool:
     """Complete results of *this* config (a changed config in the same folder is redone)."""
     try:
         results = read_results(out)
     except (OSError, ValueError):
         return False
-    return results.get("status") == "complete" and results.get("run_key") == key and (out / MASKS).is_file()
+    return (
+        results.get("status") == "complete" and results.get("run_key") == key and (out / MASKS).is_file()
+        and (not save_model or (out / EXPORT / "config.json").is_file())
+    )
 
 
-def _plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-
-
-def _trainer_spec(trainer: DictConfig) -> dict:
-    spec = {k: v for k, v in _plain(trainer).items() if k not in TRAINER_COSMETIC}
-    if spec.get("strategy") == "auto":  # Lightning's default, as before the key existed: same cache keys
-        del spec["strategy"]
-    return spec
-
-
-def stage_specs(cfg: DictConfig, scored: DictConfig | None = None) -> dict[str, dict]:
-    """Exactly the config each shared stage depends on (never the ratio, output folder or logger).
-    Eval-set limits are part of the dense spec because the dense metrics are stored with it.
-    ``scored``: the config whose strategy computes the scores, when not the run's own (controls)."""
-    scored = cfg if scored is None else scored
-    data = {k: v for k, v in _plain(cfg.data).items() if k not in ("root", "cache_dir", "num_workers")}
-    dense = {
-        "data": data,
-        "data_files": _file_ids(cfg),
-        "model": _plain(cfg.model),
-        "optimizer": _plain(cfg.optimizer),
-        "scheduler": _plain(cfg.scheduler) if cfg.get("scheduler") else None,
-        "trainer": _trainer_spec(cfg.trainer),
-        "epochs_dense": cfg.epochs_dense,
-        "seed": cfg.seed,
-        "selection": cfg.selection,  # the dense model kept is the selected epoch's
-        "selection_fraction": cfg.selection_fraction if cfg.selection == "holdout" else None,
-        "version": 1,
-    }
-    strategy = {k: v for k, v in _plain(scored.strategy).items() if k not in ("name", "scope")}
-    scores = {
-        "dense": dense,
-        "strategy": strategy,
-        "scoring": _plain(cfg.scoring),
-        "prune": _plain(cfg.prune),
-        "version": 2,  # 2: SmoothGrad noise at real tokens only
-    }
-    run = {
-        "scores": scores,
-        "strategy": _plain(cfg.strategy),
-        **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
-    }
-    return {"dense": dense, "scores": scores, "run": run}
-
-
-TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
-
-
-def run_key(cfg: DictConfig) -> str:
-    """The hash of everything that determines a run's results (recorded in results.json)."""
-    return config_key(stage_specs(cfg)["run"])
-
-
-def _file_ids(cfg: DictConfig) -> dict:
-    """Size and mtime of the task's files, so edited data never hits an old dense model."""
-    from deepcuts.data import resolve_root
-
-    folder = resolve_root(cfg.data.get("root")) / cfg.data.folder
-    ids = {}
-    for name in (cfg.data.train_file, cfg.data.eval_file):
-        path = folder / name
-        ids[name] = [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
-    return ids
-
-
-RUN_FILES = (RESULTS, MASKS, "sparsity.csv", "config.yaml")
+RUN_FILES = (RESULTS, MASKS, "sparsity.csv")  # config.yaml is the job's own, never copied
+EXPORT = "pruned_model"
 
 
 def store_run(folder: Path, out: Path) -> None:
-    """Copy a finished run's contract files into a cache entry (results.json last)."""
+    """Copy a finished run's contract files (and its export) into a cache entry."""
     for name in RUN_FILES:
         if (out / name).is_file():
             shutil.copy2(out / name, folder / name)
+    if (out / EXPORT).is_dir():
+        shutil.copytree(out / EXPORT, folder / EXPORT)
 
 
-def restore_run(entry: Path, out: Path) -> dict:
-    """Copy a cached finished run into ``out``; results.json is written last, saying so."""
+def restore_run(entry: Path, out: Path, cfg: DictConfig) -> dict:
+    """Copy a cached finished run into ``out`` with this job's own config.yaml; results.json is
+    written last, saying so."""
     for name in RUN_FILES[1:]:
         if (entry / name).is_file():
             with atomic_path(out / name) as tmp:
                 shutil.copy2(entry / name, tmp)
+    write_config(out, cfg)
+    if (entry / EXPORT).is_dir():
+        shutil.rmtree(out / EXPORT, ignore_errors=True)
+        with atomic_path(out / EXPORT) as tmp:
+            tmp.unlink()
+            shutil.copytree(entry / EXPORT, tmp)
     results = json.loads((entry / RESULTS).read_text())
     results["cache"] = {"hits": ["run"], "builds": []}
     write_json(out / RESULTS, results)
     return results
 
 
-def save_dense(folder: Path, model, result: dict) -> None:
+def write_config(out: Path, cfg: DictConfig) -> None:
+    with atomic_path(out / "config.yaml") as tmp:
+        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def save_dense(folder: Path, model, result: dict, seeded: dict, initial_digest: str) -> None:
+    """The dense model, its metrics, and the initial state it started from: ``seeded``, the
+    tensors a seed and not a checkpoint initialised (the head; all of a random-init model),
+    and the digest of the whole initial state, so a rewind restores exactly that start."""
     write_tensors(folder / "model.safetensors", model.state_dict())
+    write_tensors(folder / "initial.safetensors", seeded, metadata={"digest": initial_digest})
     write_json(folder / "metrics.json", result)
 
 
 def load_dense(folder: Path, model) -> dict:
     model.load_state_dict(read_tensors(folder / "model.safetensors"))
     return json.loads((folder / "metrics.json").read_text())
+
+
+def initial_state(folder: Path, pretrained: dict) -> dict:
+    """The rewind target stored with a dense entry: ``pretrained`` (this process's copy of the
+    checkpoint weights) with the entry's seeded tensors, checked against the entry's digest."""
+    from safetensors import safe_open
+
+    from deepcuts.keys import state_digest
+
+    path = folder / "initial.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        digest = (fh.metadata() or {}).get("digest")
+    state = {**pretrained, **read_tensors(path)}
+    if state_digest(state) != digest:
+        raise RuntimeError(f"the initial state in {folder} does not match its digest: the entry is not usable.")
+    return state
 
 
 def _metrics_only(epoch: dict) -> dict:
@@ -165,7 +136,7 @@ def _metrics_only(epoch: dict) -> dict:
 
 def collect_results(
     cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
-    timings: dict, cache: StageCache, score_dir: Path, strategy, scorer,
+    timings: dict, cache: StageCache, score_dir: Path, strategy, scorer, key: str,
 ) -> dict:
     total = B.count_parameters(model)
     nonzero = B.count_nonzero(model)
@@ -173,7 +144,7 @@ def collect_results(
     meta = _score_meta(score_dir)
     return {
         "status": "complete",
-        "run_key": run_key(cfg),
+        "run_key": key,
         "data": cfg.data.name,
         "model": cfg.model.name,
         "strategy": cfg.strategy.name,
@@ -225,10 +196,9 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig) -> 
     writer.writerows(M.sparsity_rows(masks))
     with atomic_path(out / "sparsity.csv") as tmp:
         tmp.write_text(buf.getvalue())
-    with atomic_path(out / "config.yaml") as tmp:
-        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_config(out, cfg)
     if cfg.get("save_model"):
         from deepcuts.export import export_pruned
 
-        export_pruned(model, out / "pruned_model")
+        export_pruned(model, out / EXPORT)
     write_json(out / RESULTS, results)

@@ -17,12 +17,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcuts import budget as B
+from deepcuts import keys as K
 from deepcuts import masks as M
 from deepcuts import outputs
 from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import GlueModel, load_encoder, load_tokenizer
-from deepcuts.scoring import run_scoring
+from deepcuts.scoring import run_scoring, scoring_batches
 from deepcuts.store import StageCache, read_tensors, write_tensors
 from deepcuts.tracking import tracking
 from deepcuts.training import check_selection, check_trainer, fine_tune
@@ -79,25 +80,16 @@ def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
 
 def run(cfg: DictConfig) -> dict:
     out = outputs.prepare_output_dir(cfg.output_dir)
+    t0, timings = time.perf_counter(), {}
+    # Everything that can fail on bad input fails here, before any training.
     if cfg.rewind not in REWIND:
         raise ConfigError(f"rewind={cfg.rewind!r} is unknown; use one of {REWIND}.")
     check_selection(cfg)
+    check_trainer(cfg.trainer)
     cache = StageCache(cfg.cache_dir, enabled=cfg.cache)
     strategy = instantiate_checked(cfg.strategy)
     scored = scoring_config(cfg, strategy)  # controls such as shuffled score with another strategy
     scorer = strategy if scored is cfg else instantiate_checked(scored.strategy)
-    specs = outputs.stage_specs(cfg, scored)
-    if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
-        if outputs.is_complete(out, outputs.run_key(cfg)):
-            log.info("%s already holds complete results: skipping (resume=false to redo)", out)
-            return outputs.read_results(out)
-        if (done := cache.lookup("runs", specs["run"])) is not None:
-            log.info("identical job finished before (%s): copying its results", done)
-            return outputs.restore_run(done, out)
-    t0, timings = time.perf_counter(), {}
-
-    # Everything that can fail on bad input fails here, before any training.
-    check_trainer(cfg.trainer)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model = build_model(cfg, tokenizer)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
@@ -111,17 +103,30 @@ def run(cfg: DictConfig) -> dict:
         tokenizer, **OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed, holdout_fraction=holdout
     )
     data.setup()
+    loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
+    n_batches = scoring_batches(scorer, cfg.scoring.batches, loader)
+    digest = K.state_digest(initial)
+    specs = K.stage_specs(cfg, digest, scorer, n_batches, strategy, scored)
+    key = K.run_key(specs)
+    if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
+        if outputs.is_complete(out, key, cfg.save_model):
+            log.info("%s already holds complete results: skipping (resume=false to redo)", out)
+            return outputs.read_results(out)
+        if (done := cache.lookup("runs", specs["run"])) is not None:
+            log.info("identical job finished before (%s): copying its results", done)
+            return outputs.restore_run(done, out, cfg)
     timings["setup"] = time.perf_counter() - t0
 
     with tracking(cfg, out) as tracker:
-        # 1. Dense fine-tune (shared by every strategy and ratio).
+        # 1. Dense fine-tune (shared by every strategy and ratio); the entry keeps its start.
         t = time.perf_counter()
+        seeded = {k: v for k, v in initial.items() if not cfg.model.pretrained or k.startswith("head.")}
         dense_dir = cache.get_or_build(
             "dense", specs["dense"],
             lambda d: outputs.save_dense(d, model, fine_tune(  # seeded inside: cfg.seed
                 model, data, cfg, cfg.epochs_dense, out, "dense",
                 loggers=tracker.loggers("dense", use_wandb=False),
-            )),
+            ), seeded, digest),
             work=out / "dense",
         )
         dense = outputs.load_dense(dense_dir, model)
@@ -129,11 +134,10 @@ def run(cfg: DictConfig) -> dict:
 
         # 2. Scores (shared by every ratio and by the layer/global variants of a strategy).
         t = time.perf_counter()
-        loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
         score_dir = cache.get_or_build(
             "scores", specs["scores"],
             lambda d: write_tensors(d / "scores.safetensors", run_scoring(
-                model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                model, prunable, scorer, loader, n_batches, cfg.scoring.dropout,
                 trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
             ), metadata={"batches": str(scorer.batches_seen)}),
             work=out / "scores",
@@ -141,10 +145,10 @@ def run(cfg: DictConfig) -> dict:
         scores = read_tensors(score_dir / "scores.safetensors")
         timings["scoring"] = time.perf_counter() - t
 
-        # 3. Masks, 4. rewind, then attach the masks.
+        # 3. Masks, 4. rewind to the dense entry's own initial state, then attach the masks.
         masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
         if cfg.rewind == "pretrained":
-            model.load_state_dict(initial)
+            model.load_state_dict(outputs.initial_state(dense_dir, initial))
         M.apply_masks(model, masks)
 
         # 5. Masked fine-tune with a fresh optimiser; the epoch kept follows cfg.selection.
@@ -160,7 +164,7 @@ def run(cfg: DictConfig) -> dict:
         final_masks = M.current_masks(model)
         results = outputs.collect_results(
             cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir,
-            strategy, scorer,
+            strategy, scorer, key,
         )
         outputs.write_run(out, results, final_masks, model, cfg)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job

@@ -74,6 +74,17 @@ def preserved_state(model: nn.Module, prunable: dict[str, nn.Parameter]) -> Iter
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+def scoring_batches(strategy: Strategy, batches: int | None, loader: DataLoader | None) -> int:
+    """The batches a scoring pass will see: ``batches`` (None: the strategy's default), capped at
+    one pass over ``loader``; 0 for strategies that need no data."""
+    if not strategy.needs_data:
+        return 0
+    n = strategy.default_batches if batches is None else int(batches)
+    if n <= 0:
+        raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {batches}.")
+    return min(n, len(loader))
+
+
 def run_scoring(
     model: nn.Module,
     prunable: dict[str, nn.Parameter],
@@ -87,10 +98,7 @@ def run_scoring(
     one pass over ``loader``."""
     if not strategy.needs_data:
         return strategy.data_free_scores(prunable)
-    n = strategy.default_batches if batches is None else int(batches)
-    if n <= 0:
-        raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {batches}.")
-    n = min(n, len(loader))
+    n = scoring_batches(strategy, batches, loader)
     log.info("scoring %s: %d batches x %d passes", strategy.name, n, strategy.passes)
     kwargs = dict(
         max_epochs=1,

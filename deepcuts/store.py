@@ -3,10 +3,13 @@
 A file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a killed job never leaves a ``results.json`` or a mask file that looks finished.
 
-The cache holds shared stages (the dense fine-tune, the scores): an entry's key is the hash of
-exactly the config that determines it, so a changed config can never hit a stale entry. An entry is
-a folder with a ``manifest.json`` holding the sha256 of every file; one that fails the check is
-rebuilt, not used. A lock file makes parallel jobs build an entry once and wait for each other.
+The cache holds shared stages (the dense fine-tune, the scores, finished runs): an entry's key is
+the hash of its spec (``deepcuts.keys``: the config, code, library versions and initial weights
+that determine it), so a change can never hit a stale entry; a miss logs how the nearest entry's
+spec differs. An entry is a folder with a ``manifest.json`` holding the sha256 of every file (in
+subfolders too); one that fails the check is rebuilt, not used. A lock file makes parallel jobs
+build an entry once; where the lock is not honoured (NFS), two jobs may both build it, and the
+second to finish keeps the first one's entry when it is valid and discards its own.
 """
 
 from __future__ import annotations
@@ -64,12 +67,21 @@ def config_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): node}
 
 
 class StageCache:
@@ -87,9 +99,27 @@ class StageCache:
             return False
         try:
             files = json.loads(manifest.read_text())["files"]
-            return all(_sha256(entry / name) == digest for name, digest in files.items())
+            return all(file_sha256(entry / name) == digest for name, digest in files.items())
         except (OSError, ValueError, KeyError):
             return False
+
+    def _explain_miss(self, stage: str, spec: dict) -> None:
+        """Log why no entry matched: the spec keys in which the nearest cached entry differs."""
+        want = _flatten(json.loads(json.dumps(spec, default=str)))
+        best: tuple[int, list[str]] | None = None
+        for path in (self.root / stage).glob("*/spec.json"):
+            try:
+                have = _flatten(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+            diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            if best is None or len(diff) < best[0]:
+                best = (len(diff), diff)
+        if best is None:
+            log.info("building %s: no cached %s entry yet", stage, stage)
+        else:
+            shown = ", ".join(best[1][:6]) + (f" (+{len(best[1]) - 6} more)" if len(best[1]) > 6 else "")
+            log.info("building %s: the nearest cached entry differs in %s", stage, shown)
 
     def lookup(self, stage: str, spec: dict) -> Path | None:
         """A complete entry for ``spec``, or None (never builds)."""
@@ -122,16 +152,33 @@ class StageCache:
                 return entry
             if entry.exists():
                 log.warning("cache entry %s is incomplete or corrupted: rebuilding it", entry)
-                shutil.rmtree(entry)
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                self._explain_miss(stage, spec)
             tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
             try:
                 (tmp / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
                 build(tmp)
-                files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                files = {
+                    str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+                }
                 (tmp / "manifest.json").write_text(json.dumps({"files": files}, indent=2))
-                os.replace(tmp, entry)
+                self._publish(tmp, entry)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
             self.builds.append(stage)
             return entry
+
+    def _publish(self, tmp: Path, entry: Path) -> None:
+        """Move a built entry into place. Another job may have published the same entry since
+        (the lock is not honoured on some shared file systems): keep a valid one, discard ours."""
+        try:
+            os.replace(tmp, entry)
+            return
+        except OSError:  # ENOTEMPTY / EEXIST: an entry appeared while we built ours
+            if self._valid(entry):
+                log.info("cache entry %s was built by another job meanwhile: using it", entry.name)
+                return
+        shutil.rmtree(entry, ignore_errors=True)  # the other job's entry is broken: replace it
+        os.replace(tmp, entry)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from deepcuts.outputs import stage_specs
+from hydra.utils import instantiate
+
+from deepcuts.keys import stage_specs
 from deepcuts.store import config_key
 
 
 def keys(make_cfg, *overrides):
-    specs = stage_specs(make_cfg(*overrides))
+    """The config part of the keys (content digests held fixed; tests/test_cache_content.py
+    covers those)."""
+    cfg = make_cfg(*overrides)
+    strategy = instantiate(cfg.strategy)
+    specs = stage_specs(cfg, "initial-state", strategy, cfg.scoring.batches or 0, strategy)
     return {stage: config_key(spec) for stage, spec in specs.items()}
 
 

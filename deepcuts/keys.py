@@ -1,0 +1,151 @@
+"""What each cached stage is keyed by: the config that determines it, and the content a config
+cannot see (the code, the library versions, the data files and the initial weights).
+
+A key is derived, never maintained: editing a strategy's ``batch_term`` changes the digest of its
+class chain, so the next run finds no entry and scores again; a new torch changes the library
+versions, so the dense model is fine-tuned again. Nothing here is bumped by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import linecache
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from deepcuts.store import config_key, file_sha256
+
+PACKAGE = Path(__file__).resolve().parent
+LIBRARIES = ("torch", "transformers", "pytorch-lightning", "datasets", "torchmetrics")
+FINE_TUNE_CODE = ("data.py", "model.py", "training.py")  # with pipeline.build_model
+SCORING_CODE = ("scoring.py",)  # with the scoring strategy's class chain
+RUN_CODE = ("masks.py", "pipeline.py", "export.py")  # with the run strategy's class chain
+TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
+NOT_DATA = ("root", "cache_dir", "num_workers")  # where the data is, not what it is
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of the libraries whose numerics a fine-tune depends on."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def code_digest(files: tuple[str, ...], *objects: object) -> str:
+    """sha256 over package source files and the source of extra functions or classes."""
+    texts = [(PACKAGE / name).read_text() for name in files]
+    for obj in objects:
+        linecache.checkcache(inspect.getsourcefile(obj))  # an edited module is read afresh
+        texts.append(inspect.getsource(obj))
+    return _digest(texts)
+
+
+def class_chain(cls: type) -> list[type]:
+    """The classes a strategy's behaviour comes from: its MRO minus ``object`` and Lightning's
+    Callback (library code, covered by the library versions)."""
+    return [c for c in inspect.getmro(cls) if c is not object and not c.__module__.startswith("pytorch_lightning")]
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of a state dict (the model's initial state)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy())
+    return h.hexdigest()[:24]
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def _trainer_spec(trainer: DictConfig) -> dict:
+    spec = {k: v for k, v in _plain(trainer).items() if k not in TRAINER_COSMETIC}
+    if spec.get("strategy") == "auto":  # Lightning's default, the same as no key
+        del spec["strategy"]
+    return spec
+
+
+def data_files(cfg: DictConfig) -> dict:
+    """The sha256 of the task's train and dev files: edited data never hits an old model, and a
+    copy of the same files (another machine, another mtime) still does."""
+    from deepcuts.data import resolve_root
+
+    folder = resolve_root(cfg.data.get("root")) / cfg.data.folder
+    return {
+        name: file_sha256(folder / name) if (folder / name).is_file() else None
+        for name in (cfg.data.train_file, cfg.data.eval_file)
+    }
+
+
+def stage_specs(
+    cfg: DictConfig,
+    initial_state: str,
+    scorer: object,
+    scoring_batches: int,
+    strategy: object,
+    scored: DictConfig | None = None,
+) -> dict[str, dict]:
+    """The spec of each cached stage: dense fine-tune, scores, finished run.
+
+    ``initial_state``: :func:`state_digest` of the model before fine-tuning (pretrained weights
+    and the seeded head). ``scorer``: the strategy that computes the scores and
+    ``scoring_batches`` the number of batches it will see (resolved: 0 for data-free scores);
+    ``strategy``: the run's own strategy (a control such as shuffled scores with another,
+    ``scored`` being the config that names it). Never the ratio, output folder or logger.
+    """
+    from deepcuts.pipeline import build_model
+
+    scored = cfg if scored is None else scored
+    dense = {
+        "data": {k: v for k, v in _plain(cfg.data).items() if k not in NOT_DATA},
+        "data_files": data_files(cfg),
+        "model": _plain(cfg.model),
+        "initial_state": initial_state,
+        "optimizer": _plain(cfg.optimizer),
+        "scheduler": _plain(cfg.scheduler) if cfg.get("scheduler") else None,
+        "trainer": _trainer_spec(cfg.trainer),
+        "epochs_dense": cfg.epochs_dense,
+        "seed": cfg.seed,
+        "selection": cfg.selection,  # the dense model kept is the selected epoch's
+        "selection_fraction": cfg.selection_fraction if cfg.selection == "holdout" else None,
+        "code": code_digest(FINE_TUNE_CODE, build_model),
+        "libraries": library_versions(),
+    }
+    scores = {
+        "dense": dense,
+        "strategy": {k: v for k, v in _plain(scored.strategy).items() if k not in ("name", "scope")},
+        "scoring": _plain(cfg.scoring),
+        "scoring_batches": scoring_batches,
+        "prune": _plain(cfg.prune),
+        "code": code_digest(SCORING_CODE, *class_chain(type(scorer))),
+    }
+    run = {
+        "scores": scores,
+        "strategy": _plain(cfg.strategy),
+        **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
+        "code": code_digest(RUN_CODE, *class_chain(type(strategy))),
+    }
+    return {"dense": dense, "scores": scores, "run": run}
+
+
+def run_key(specs: dict[str, dict]) -> str:
+    """The hash of everything that determines a run's results (recorded in results.json)."""
+    return config_key(specs["run"])
