@@ -1,8 +1,10 @@
 """Comparison report over finished runs (the paper's Figures 6-8 and their table).
 
-    python experiments/report.py RUN_FOLDER [RUN_FOLDER ...] [--out OUT_FOLDER]
+    python experiments/report.py RUN_FOLDER [RUN_FOLDER ...] [--out OUT_FOLDER] [--baselines A,B]
 
 Folders are searched recursively for ``results.json``; ``--out`` defaults to ``FIRST/report``.
+Writes report.csv (summary), paired.csv (paired differences against the baselines), report.md and
+one plot per data set.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from deepcuts.analysis.report import write_report  # noqa: E402
+from deepcuts.analysis.report import DEFAULT_BASELINES, write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,15 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, metavar="RUN_FOLDER",
                         help="a run or sweep folder, searched recursively")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where report.csv, report.md and <data>.png go (default: FIRST/report)")
+                        help="where report.csv, paired.csv, report.md and <data>.png go "
+                             "(default: FIRST/report)")
+    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+                        help="comma-separated strategies every other strategy is paired against "
+                             f"(default: {','.join(DEFAULT_BASELINES)})")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")  # exit status 2
     out = args.out or args.folders[0] / "report"
-    written = write_report(args.folders, out)
-    print(f"wrote {written['csv']}, {written['markdown']} and {len(written['plots'])} plot(s)")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    written = write_report(args.folders, out, baselines=baselines)
+    print(f"wrote {written['csv']}, {written['paired_csv']}, {written['markdown']} and "
+          f"{len(written['plots'])} plot(s)")
     if args.wandb:
         from deepcuts.analysis.wandb_upload import log_folder
 

@@ -1,7 +1,9 @@
-"""The comparison report over synthetic run folders: exact statistics, files, unfinished runs, CLI."""
+"""The comparison report over synthetic run folders: exact statistics, sweeps, paired
+differences, controls, selection, files, unfinished runs, CLI."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -11,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from scipy import stats as st
 
 from deepcuts.analysis.report import ReportCallback, collect_runs, summarise, write_report
 
@@ -23,11 +27,14 @@ NOISE = [0.004, -0.011, 0.0025]  # per seed
 RATIOS = [2.0, 3.5]
 
 
-def write_run(folder: Path, **fields) -> Path:
-    """A run folder as ``train.py`` leaves it: results.json plus Hydra's ``.hydra/``."""
+def write_run(folder: Path, config: dict | None = None, **fields) -> Path:
+    """A run folder as ``train.py`` leaves it: results.json plus Hydra's ``.hydra/``, and the
+    resolved ``config.yaml`` beside them when ``config`` is given."""
     folder.mkdir(parents=True)
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    if config is not None:
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     results = {
         "status": "complete", "model": "minilm", "scope": "layer", "ratio_basis": "bert_base",
         "keep_fraction": 0.5, "prunable_sparsity": 0.5, "pruned_last_epoch": {}, "timings_s": {},
@@ -199,3 +206,331 @@ def test_callback_without_complete_runs_does_not_raise(tmp_path, capsys):
     assert "No complete run" in printed and "0_job" in printed
     assert (tmp_path / "report" / "report.md").is_file()
     assert not list((tmp_path / "report").glob("*.png"))
+
+
+# --- sweeps, pairing, controls, selection (config.yaml beside results.json) -------------------
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> str:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["output_dir=unset", *overrides])
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def real_config(folder: Path, strategy: str, seed: int, ratio: float, *overrides: str) -> dict:
+    """The resolved config ``train.py`` writes for this job (the real conf/ tree), with the
+    job's own output_dir as in a multirun."""
+    cfg = OmegaConf.to_container(OmegaConf.create(_composed(
+        (f"strategy={strategy}", f"seed={seed}", f"ratio={ratio}", *overrides))))
+    cfg["output_dir"] = str(folder)
+    return cfg
+
+
+def stsb_run(root: Path, name: str, strategy: str, seed: int, pruned: float, *overrides: str,
+             ratio: float = 3.0, config: bool = True, **fields) -> Path:
+    """An STS-B run with the current results fields (selection "last" unless given)."""
+    folder = root / name
+    metrics = {"pearson": pruned, "spearmanr": pruned - 0.01, "mse": 1.0 - pruned}
+    last = {k: v - 0.002 for k, v in metrics.items()}
+    results = {
+        "data": "stsb", "strategy": strategy, "ratio": ratio, "seed": seed, "monitor": "pearson",
+        "achieved_ratio": ratio, "dense": {"pearson": 0.85, "spearmanr": 0.84, "mse": 0.6},
+        "dense_last_epoch": {"pearson": 0.849, "spearmanr": 0.839, "mse": 0.61},
+        "pruned": metrics, "pruned_last_epoch": last, "selection": "last",
+        "control": strategy == "random" or strategy.startswith("shuffled"), **fields,
+    }
+    cfg = real_config(folder, strategy, seed, ratio, *overrides) if config else None
+    return write_run(folder, config=cfg, **results)
+
+
+def section(md: str, start: str, end: str) -> str:
+    """The text of ``md`` from the heading ``start`` to the next ``end`` heading."""
+    assert start in md, start
+    rest = md.split(start, 1)[1]
+    return rest.split(end, 1)[0] if end in rest else rest
+
+
+def first_cells(text: str) -> list[str]:
+    """The first cell of each data row of the Markdown tables in ``text``."""
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    return [r.split("|")[1].strip() for r in rows if not r.startswith("| strategy")
+            and not r.startswith("| optimizer") and not r.startswith("| strategy.")]
+
+
+LR = {"5e-05": 0.80, "0.0001": 0.70}  # pruned pearson level per learning rate
+SEED_NOISE = [0.004, -0.011, 0.0025]
+
+
+def make_lr_sweep(root: Path) -> None:
+    """layer_mag_grad and smoothgrad x optimizer.lr in {5e-5, 1e-4} x 3 seeds, ratio 3."""
+    for lr, level in LR.items():
+        for seed, noise in enumerate(SEED_NOISE):
+            stsb_run(root, f"grad_lr{lr}_s{seed}", "layer_mag_grad", seed, level + noise,
+                     f"optimizer.lr={lr}")
+            stsb_run(root, f"smooth_lr{lr}_s{seed}", "smoothgrad", seed,
+                     level + noise + 0.01 * (seed + 1), f"optimizer.lr={lr}")
+
+
+def test_lr_sweep_is_reported_as_separate_rows_and_pairs_within_each_lr(tmp_path):
+    make_lr_sweep(tmp_path)
+    # a run of the same group without config.yaml: no value for the sweep key, a row of its own
+    stsb_run(tmp_path, "smooth_noconfig_s0", "smoothgrad", 0, 0.5, config=False)
+    result = write_report([tmp_path], tmp_path / "report")
+    assert result["sweep_keys"] == ["optimizer.lr"]
+    summary = result["summary"]
+    assert "optimizer.lr" in summary.columns and len(summary) == 5
+    for lr, level in LR.items():
+        for strategy, bonus in (("layer_mag_grad", [0, 0, 0]), ("smoothgrad", [.01, .02, .03])):
+            row = summary[(summary["strategy"] == strategy)
+                          & (summary["optimizer.lr"] == float(lr))].iloc[0]
+            values = [level + n + b for n, b in zip(SEED_NOISE, bonus, strict=True)]
+            assert row["seeds"] == 3
+            assert row["pruned_mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert row["pruned_std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+    lone = summary[summary["optimizer.lr"].isna()].iloc[0]
+    assert lone["strategy"] == "smoothgrad" and lone["seeds"] == 1 and lone["pruned_mean"] == 0.5
+
+    paired = result["paired"]
+    assert set(paired["baseline"]) == {"layer_mag_grad"}  # layer_mag_weight has no runs
+    smooth = paired[paired["strategy"] == "smoothgrad"].set_index("optimizer.lr")
+    assert sorted(smooth.index) == [5e-05, 1e-4]  # the config-less run has no baseline to pair
+    for lr in (5e-05, 1e-4):  # pairing across lr would give differences of ±0.1
+        assert smooth.loc[lr, "mean_diff"] == pytest.approx(0.02, abs=1e-12)
+        assert smooth.loc[lr, "seeds"] == 3 and smooth.loc[lr, "wins"] == 3
+
+    runs = result["runs"]
+    assert len(runs) == 13 and "optimizer.lr" in runs.columns and "config" not in runs.columns
+    md = result["markdown"].read_text()
+    assert "optimizer.lr" in section(md, "## stsb (pearson)", "## Paired")
+    table = section(md, "## stsb (pearson)", "## Paired")
+    assert "| smoothgrad | 3 | — | last |" in table
+    assert "| smoothgrad | 3 | 0.0001 | last |" in table
+    assert (tmp_path / "report" / "paired.csv").is_file()
+
+
+def test_sigma_sweep_pairs_each_sigma_with_the_single_baseline(tmp_path):
+    base = [0.80, 0.79, 0.81]
+    for seed, level in enumerate(base):
+        stsb_run(tmp_path, f"grad_s{seed}", "layer_mag_grad", seed, level)
+        for sigma, diff in (("0.001", 0.01 * (seed + 1)), ("0.1", -0.04 + 0.001 * seed)):
+            stsb_run(tmp_path, f"smooth_sigma{sigma}_s{seed}", "smoothgrad", seed,
+                     level + diff, f"strategy.sigma={sigma}")
+    result = write_report([tmp_path], tmp_path / "report")
+    assert result["sweep_keys"] == ["strategy.sigma"]
+    summary = result["summary"]
+    assert len(summary) == 3
+    grad = summary[summary["strategy"] == "layer_mag_grad"].iloc[0]
+    assert grad["seeds"] == 3 and pd.isna(grad["strategy.sigma"])
+    paired = result["paired"]
+    assert len(paired) == 2 and set(paired["baseline"]) == {"layer_mag_grad"}
+    by_sigma = paired.set_index("strategy.sigma")
+    assert by_sigma.loc[0.001, "mean_diff"] == pytest.approx(0.02, abs=1e-12)
+    assert by_sigma.loc[0.1, "mean_diff"] == pytest.approx(-0.039, abs=1e-12)
+    assert by_sigma.loc[0.001, "wins"] == 3 and by_sigma.loc[0.1, "wins"] == 0
+    assert (paired["seeds"] == 3).all() and (paired["paired_seeds"] == "0 1 2").all()
+    assert "smoothgrad worse than layer_mag_grad" in by_sigma.loc[0.1, "verdict"]
+
+
+def test_bookkeeping_and_seed_bound_keys_do_not_split_runs(tmp_path):
+    for seed in range(3):  # real configs: output_dir and strategy.seed differ per run
+        stsb_run(tmp_path, f"s{seed}", "smoothgrad", seed, 0.8 + 0.01 * seed,
+                 f"trainer.log_every_n_steps={5 + seed}", f"data.num_workers={seed}",
+                 f"logger.wandb.dir=w{seed}", f"cache_dir=c{seed}")
+    result = write_report([tmp_path], tmp_path / "report")
+    assert result["sweep_keys"] == []
+    assert len(result["summary"]) == 1 and result["summary"]["seeds"].iloc[0] == 3
+
+
+def test_pairing_by_seed_drops_unpaired_seeds(tmp_path):
+    method = {0: 0.81, 1: 0.78, 2: 0.83, 3: 0.60}
+    baseline = {0: 0.80, 1: 0.79, 2: 0.80, 4: 0.95}
+    for seed, value in method.items():
+        stsb_run(tmp_path, f"cam_s{seed}", "gradcam_shift", seed, value, config=False)
+    for seed, value in baseline.items():
+        stsb_run(tmp_path, f"grad_s{seed}", "layer_mag_grad", seed, value, config=False)
+    paired = write_report([tmp_path], tmp_path / "report")["paired"]
+    row = paired[paired["strategy"] == "gradcam_shift"].iloc[0]
+    diffs = [0.01, -0.01, 0.03]
+    assert row["seeds"] == 3 and row["paired_seeds"] == "0 1 2"
+    assert row["unpaired_seeds"] == "3 4"
+    assert row["mean_diff"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
+    assert row["method_mean"] == pytest.approx(statistics.mean([0.81, 0.78, 0.83]), abs=1e-12)
+    assert row["wins"] == 2
+    half = st.t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert (row["t_low"], row["t_high"]) == pytest.approx(
+        (statistics.mean(diffs) - half, statistics.mean(diffs) + half), abs=1e-12)
+    assert row["covers_zero"]
+    assert row["verdict"] == "the 95% interval covers 0: no difference detected with 3 seeds"
+    # the baseline is never paired against itself
+    assert not (paired["strategy"] == paired["baseline"]).any()
+
+
+def test_covers_zero_sentence_only_where_the_interval_covers_zero(tmp_path):
+    for seed in range(4):
+        stsb_run(tmp_path, f"grad_s{seed}", "layer_mag_grad", seed, 0.80 + 0.01 * seed)
+        stsb_run(tmp_path, f"cam_s{seed}", "gradcam_shift", seed, 0.83 + 0.01 * seed
+                 + 0.002 * (-1) ** seed)  # clearly better on every seed
+        stsb_run(tmp_path, f"gc_s{seed}", "gradcam", seed, 0.80 + 0.01 * seed
+                 + 0.01 * (-1) ** seed)  # +-0.01: no difference
+    result = write_report([tmp_path], tmp_path / "report")
+    paired = result["paired"].set_index("strategy")
+    sentence = "the 95% interval covers 0: no difference detected with 4 seeds"
+    assert paired.loc["gradcam", "verdict"] == sentence
+    assert paired.loc["gradcam_shift", "seeds"] == 4
+    assert paired.loc["gradcam_shift", "covers_zero"] is not None
+    assert not paired.loc["gradcam_shift", "covers_zero"] and paired.loc["gradcam", "covers_zero"]
+    assert "covers 0" not in paired.loc["gradcam_shift", "verdict"]
+    md = result["markdown"].read_text()
+    lines = [line for line in md.splitlines() if sentence in line]
+    assert len(lines) == 1 and lines[0].startswith("| gradcam |")
+    assert "gradcam_shift better than layer_mag_grad with 4 seeds" in md
+
+
+def test_controls_have_their_own_tables_and_baselines_are_methods(tmp_path):
+    strategies = ["layer_mag_grad", "layer_mag_weight", "gradcam_shift", "random",
+                  "shuffled_gradcam_shift"]
+    for seed in range(2):
+        for i, strategy in enumerate(strategies):
+            fields = {}
+            if strategy == "random":  # an old run: no control field
+                fields = {"selection": "last"}
+            run = stsb_run(tmp_path, f"{strategy}_s{seed}", strategy, seed, 0.8 - 0.05 * i,
+                           config=False, **fields)
+            if strategy == "random":
+                res = json.loads((run / "results.json").read_text())
+                del res["control"]
+                (run / "results.json").write_text(json.dumps(res))
+    result = write_report([tmp_path], tmp_path / "report")
+    summary = result["summary"].set_index("strategy")
+    assert summary["control"].to_dict() == {
+        "gradcam_shift": False, "layer_mag_grad": False, "layer_mag_weight": False,
+        "random": True, "shuffled_gradcam_shift": True}
+    md = result["markdown"].read_text()
+    table = section(md, "## stsb (pearson)", "## Paired differences")
+    methods = first_cells(section(table, "### Methods", "### Sanity controls"))
+    controls = first_cells(section(table, "### Sanity controls", "## "))
+    assert methods == ["gradcam_shift", "layer_mag_grad", "layer_mag_weight"]
+    assert controls == ["random", "shuffled_gradcam_shift"]
+
+    paired = result["paired"]
+    assert not (paired["strategy"] == paired["baseline"]).any()
+    pairs = set(zip(paired["strategy"], paired["baseline"], strict=True))
+    assert ("layer_mag_weight", "layer_mag_grad") in pairs
+    assert ("layer_mag_grad", "layer_mag_weight") in pairs
+    assert ("random", "layer_mag_grad") in pairs and len(pairs) == 2 + 3 * 2
+    ptable = section(md, "### stsb (pearson): paired differences", "## Unfinished")
+    pmethods = first_cells(section(ptable, "#### Methods", "#### Sanity controls"))
+    pcontrols = first_cells(section(ptable, "#### Sanity controls", "## "))
+    assert set(pmethods) == {"gradcam_shift", "layer_mag_grad", "layer_mag_weight"}
+    assert set(pcontrols) == {"random", "shuffled_gradcam_shift"} and len(pcontrols) == 4
+
+
+def test_selection_dev_is_flagged_and_other_selections_are_not(tmp_path):
+    for seed in range(2):
+        stsb_run(tmp_path / "a", f"cam_s{seed}", "gradcam_shift", seed, 0.8, config=False)
+        stsb_run(tmp_path / "a", f"grad_s{seed}", "layer_mag_grad", seed, 0.79, config=False,
+                 selection="dev")
+    md = write_report([tmp_path / "a"], tmp_path / "ra")["markdown"].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    grad = [r for r in rows if r.startswith("| layer_mag_grad |")]
+    cam = [r for r in rows if r.startswith("| gradcam_shift |")]
+    assert grad and all("dev (selected on the reported set)" in r for r in grad)
+    assert cam and not any("selected on the reported set" in r for r in cam)
+    assert "> **Note:** 1 row(s) below used selection `dev`" in md
+
+    for seed in range(2):
+        stsb_run(tmp_path / "b", f"cam_s{seed}", "gradcam_shift", seed, 0.8, config=False,
+                 selection="holdout")
+    md = write_report([tmp_path / "b"], tmp_path / "rb")["markdown"].read_text()
+    assert "selected on the reported set" not in md and "| holdout |" in md
+
+
+def test_old_results_without_new_keys_are_still_reported(tmp_path):
+    old = {"status": "complete", "data": "cola", "model": "minilm", "strategy": "random",
+           "ratio": 2.0, "ratio_basis": "bert_base", "seed": 0, "monitor": "mcc",
+           "achieved_ratio": 2.0, "dense": {"mcc": 0.5}, "pruned": {"mcc": 0.1}}
+    (tmp_path / "old_random").mkdir()
+    (tmp_path / "old_random" / "results.json").write_text(json.dumps(old))
+    (tmp_path / "old_cam").mkdir()
+    (tmp_path / "old_cam" / "results.json").write_text(json.dumps(
+        {**old, "strategy": "gradcam_shift", "pruned": {"mcc": 0.3}}))
+    result = write_report([tmp_path], tmp_path / "report")
+    summary = result["summary"].set_index("strategy")
+    assert summary["selection"].tolist() == ["dev", "dev"]
+    assert summary["control"].to_dict() == {"gradcam_shift": False, "random": True}
+    assert summary.loc["random", "pruned_mean"] == 0.1
+    assert pd.isna(summary.loc["random", "pruned_last_mean"])
+    assert pd.isna(summary.loc["random", "dense_last_mean"])
+    md = result["markdown"].read_text()
+    assert "| gradcam_shift | 2 | dev (selected on the reported set) |" in md
+    assert result["paired"].empty and "No runs of baseline(s)" in md
+
+
+def test_summary_carries_every_metric_and_the_last_epoch(tmp_path):
+    values = [0.80, 0.82]
+    for seed, v in enumerate(values):
+        stsb_run(tmp_path, f"s{seed}", "smoothgrad", seed, v, config=False)
+    result = write_report([tmp_path], tmp_path / "report")
+    csv = pd.read_csv(result["csv"])
+    row = csv.iloc[0]
+    assert row["pruned_spearmanr_mean"] == pytest.approx(statistics.mean(values) - 0.01)
+    assert row["pruned_mse_mean"] == pytest.approx(1 - statistics.mean(values))
+    assert row["pruned_mse_std"] == pytest.approx(statistics.stdev(values))
+    assert row["pruned_last_pearson_mean"] == pytest.approx(statistics.mean(values) - 0.002)
+    assert row["dense_last_spearmanr_mean"] == pytest.approx(0.839)
+    assert row["pruned_last_mean"] == pytest.approx(statistics.mean(values) - 0.002)
+    assert row["dense_last_mean"] == pytest.approx(0.849)
+    assert row["pruned_ci95"] == pytest.approx(
+        st.t.ppf(0.975, 1) * statistics.stdev(values) / math.sqrt(2))
+    md = result["markdown"].read_text()
+    table = section(md, "## stsb (pearson)", "## Paired")
+    assert "spearmanr" not in table and "mse" not in table  # the table stays on the monitor
+    last = f"{statistics.mean(values) - 0.002:.4f} ± {statistics.stdev(values):.4f}"
+    assert "pruned pearson (last epoch)" in table and last in table
+
+
+def test_lower_is_better_monitor_counts_lower_as_a_win(tmp_path):
+    for seed, (method, base) in enumerate([(0.50, 0.60), (0.55, 0.58), (0.70, 0.65)]):
+        for strategy, value in (("gradcam_shift", method), ("layer_mag_grad", base)):
+            write_run(tmp_path / f"{strategy}_{seed}", data="stsb", strategy=strategy,
+                      ratio=3.0, seed=seed, monitor="mse", achieved_ratio=3.0,
+                      dense={"mse": 0.5}, pruned={"mse": value})
+    row = write_report([tmp_path], tmp_path / "report")["paired"].iloc[0]
+    assert not row["higher_is_better"] and row["wins"] == 2
+    assert row["mean_diff"] == pytest.approx((-0.10 - 0.03 + 0.05) / 3)
+
+
+def test_only_true_duplicates_are_dropped(tmp_path):
+    import os
+
+    for lr, value in (("5e-05", 0.8), ("0.0001", 0.7)):
+        stsb_run(tmp_path, f"lr{lr}", "smoothgrad", 0, value, f"optimizer.lr={lr}")
+    old = stsb_run(tmp_path, "lr0.0001_old", "smoothgrad", 0, 0.1, "optimizer.lr=0.0001")
+    os.utime(old / "results.json", (1_000_000, 1_000_000))
+    result = write_report([tmp_path], tmp_path / "report")
+    summary = result["summary"].set_index("optimizer.lr")
+    assert summary["pruned_mean"].to_dict() == {5e-05: 0.8, 1e-4: 0.7}
+    assert len(result["runs"]) == 2 and str(old) not in set(result["runs"]["path"])
+    assert "1 older duplicate run(s)" in result["markdown"].read_text()
+
+
+def test_cli_baselines_option(sweep, tmp_path):
+    root, _ = sweep
+    out = tmp_path / "out"
+    cmd = [sys.executable, "experiments/report.py", str(root), "--out", str(out),
+           "--baselines", "gradcam_shift"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(paired["baseline"]) == {"gradcam_shift"}
+    assert set(paired["strategy"]) == {"layer_mag_weight"} and len(paired) == 4
+    assert paired["mean_diff"].to_numpy() == pytest.approx([-0.03] * 4, abs=1e-12)
+    assert "layer_mag_weight worse than gradcam_shift with 3 seeds" in done.stdout
+
+
+def test_analysis_does_not_import_torch():
+    code = ("import sys, deepcuts.analysis.report, deepcuts.analysis.stats; "
+            "sys.exit('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr or "the report imported torch"
