@@ -29,13 +29,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated strategies every other strategy is paired against "
                              f"(default: {','.join(DEFAULT_BASELINES)})")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B")
+    parser.add_argument("--no-masks", action="store_true",
+                        help="skip the mask-overlap heatmaps in report.html (they read every mask file)")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         parser.error(f"no such folder: {', '.join(missing)}")  # exit status 2
     out = args.out or args.folders[0] / "report"
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    written = write_report(args.folders, out, baselines=baselines)
+    written = write_report(args.folders, out, baselines=baselines, masks=not args.no_masks)
     print(f"wrote {written['csv']}, {written['paired_csv']}, {written['markdown']} and "
           f"{len(written['plots'])} plot(s)")
     if args.wandb:

@@ -275,11 +275,9 @@ def layer_sparsity(run: Run) -> list[dict]:
             for layer, (kept, n) in totals.items()]
 
 
-def analyse(folders: Sequence, out, heads: int | None = None) -> dict[str, Path]:
-    """Compare every pair of strategies within each (data, model, ratio, seed); write the CSVs,
-    PNGs and ``summary.md`` into ``out``. Returns ``{name: path}`` of the files written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, pd.DataFrame], list, list]:
+    """Compare every pair of strategies within each (data, model, ratio, seed): the tables
+    ``tensor_iou``, ``layer_iou``, ``head_iou``, ``layer_sparsity``; the runs and the skipped."""
     runs, skipped = find_runs(folders, heads)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -298,6 +296,15 @@ def analyse(folders: Sequence, out, heads: int | None = None) -> dict[str, Path]
     tables = {"tensor_iou": tensor_df, "layer_iou": layer_table(tensor_df),
               "head_iou": _concat(heads_dfs, HEAD_COLUMNS),
               "layer_sparsity": pd.DataFrame(sparsity)}
+    return tables, runs, skipped
+
+
+def analyse(folders: Sequence, out, heads: int | None = None) -> dict[str, Path]:
+    """:func:`pair_tables`, written into ``out`` as CSVs, PNGs and ``summary.md``. Returns
+    ``{name: path}`` of the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables, runs, skipped = pair_tables(folders, heads)
     written = {}
     for name, table in tables.items():
         written[name] = out / f"{name}.csv"

@@ -620,12 +620,15 @@ def _labels(row: Any, keys: Sequence[str]) -> list[str]:
 
 
 def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
-                 baselines: Sequence[str] = DEFAULT_BASELINES) -> dict[str, Any]:
-    """Write report.csv (summary), paired.csv, report.md and ``<data>.png`` under ``out``, print
-    the Markdown and return its parts for other renderers (e.g. an HTML page):
+                 baselines: Sequence[str] = DEFAULT_BASELINES, html: bool = True,
+                 masks: bool = True) -> dict[str, Any]:
+    """Write report.csv (summary), paired.csv, report.md, ``<data>.png`` and (``html``)
+    report.html, with mask-overlap heatmaps when ``masks``, under ``out``; print the Markdown
+    and return its parts:
 
-    ``{"csv", "paired_csv", "markdown": Path, "plots": {data: Path}, "unfinished": [Path],
-    "summary", "paired", "runs": DataFrame, "sweep_keys", "group_keys": [str], "baselines"}``.
+    ``{"csv", "paired_csv", "markdown", "html": Path, "plots": {data: Path}, "unfinished":
+    [Path], "summary", "paired", "runs": DataFrame, "sweep_keys", "group_keys": [str],
+    "baselines"}``.
     """
     folders = [Path(f) for f in folders]
     baselines = [str(b) for b in baselines]
@@ -656,6 +659,10 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
         path = out / (re.sub(r"[^\w.-]", "_", str(data)) + ".png")
         _plot(str(data), part, runs[runs["data"].astype(str) == data], keys, path)
         written["plots"][data] = path
+    if html:
+        from deepcuts.analysis.html_report import write_html_report
+
+        written["html"] = write_html_report(written, folders, out, masks=masks)
     print(text, end="", flush=True)
     return written
 
