@@ -175,8 +175,21 @@ def collect_results(
         "epochs_final": cfg.epochs_final,
         "scoring_batches": meta.get("batches"),
         "timings_s": timings,
+        "machine": machine(),
         "cache": {"hits": list(cache.hits), "builds": list(cache.builds)},
     }
+
+
+def machine() -> dict:
+    """Where the numbers came from: every figure in a report should be able to say so."""
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "device": device, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
 
 
 def _score_meta(score_dir: Path) -> dict:

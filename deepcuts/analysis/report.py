@@ -671,12 +671,19 @@ class ReportCallback(Callback):
     """Hydra callback: a multirun ends by writing and printing its report (``<sweep>/report``).
 
     Register it in the hydra config: ``callbacks: {report: {_target_:
-    deepcuts.analysis.report.ReportCallback}}``.
+    deepcuts.analysis.report.ReportCallback}}``; ``note`` (e.g. set by an experiment config) is
+    printed under the report, to say how to read it.
     """
+
+    def __init__(self, note: str | None = None) -> None:
+        self.note = note
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))
         if not sweep.is_dir():
             print(f"report: sweep folder {sweep} does not exist; no run to report.", flush=True)
             return
-        write_report([sweep], sweep / "report")
+        written = write_report([sweep], sweep / "report")
+        print(f"report: {written['markdown']}, {written['html']}", flush=True)
+        if self.note:
+            print(self.note.strip(), flush=True)
