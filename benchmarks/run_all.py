@@ -1,4 +1,4 @@
-"""Run every benchmark (S1-S7), one script at a time, each in its own process.
+"""Run every benchmark (S1-S8), one script at a time, each in its own process.
 
 Writes ``results/<id>.json`` per target (the scripts do), then ``results/latest.json`` (all
 targets, one machine record) and refreshes the results table in ``benchmarks/README.md``.
@@ -30,8 +30,9 @@ STEPS = [
     ("bench_scoring.py", ["--only", "S6"], ["S6"]),
     ("bench_grid.py", [], ["S5"]),
     ("bench_data.py", [], ["S7"]),
+    ("bench_precision.py", [], ["S8"]),
 ]
-ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"]
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -113,7 +114,7 @@ def update_readme(text: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Run the deepcuts benchmark suite (S1-S7).")
+    p = argparse.ArgumentParser(description="Run the deepcuts benchmark suite (S1-S8).")
     p.add_argument("--quick", action="store_true", help="fewer batches and repetitions (smoke run)")
     p.add_argument("--only", default=",".join(ORDER), help="comma-separated ids")
     p.add_argument("--no-readme", action="store_true", help="do not refresh the README table")
