@@ -23,10 +23,11 @@ PAIRED_SHOWN = ["ratio", "strategy", "baseline", "seeds", "mean_diff", "t_low", 
                 "boot_low", "boot_high", "wins", "verdict"]
 
 
-def _label(row: Any, keys: Sequence[str]) -> str:
-    extra = [f"{k}={getattr(row, k)}" for k in keys if getattr(row, k) not in (None, "", "—")
-             and not (isinstance(getattr(row, k), float) and pd.isna(getattr(row, k)))]
-    return " · ".join([str(row.strategy), *extra])
+def _label(row: dict, keys: Sequence[str]) -> str:
+    """``strategy · key=value ...`` for a plot series (sweep keys have dots: a dict, not a tuple)."""
+    extra = [f"{k}={row[k]}" for k in keys if row.get(k) not in (None, "", "—")
+             and not (isinstance(row[k], float) and pd.isna(row[k]))]
+    return " · ".join([str(row["strategy"]), *extra])
 
 
 def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.DataFrame:
@@ -46,7 +47,8 @@ def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.
 
 def _line_plot(data: str, part: pd.DataFrame, runs: pd.DataFrame, sweep: Sequence[str],
                metric: str) -> LinePlot:
-    series = [_label(r, [k for k in ("selection", *sweep) if k in part]) for r in part.itertuples()]
+    keys = [k for k in ("selection", *sweep) if k in part]
+    series = [_label(r, keys) for r in part.to_dict("records")]
     frame = pd.DataFrame({
         "series": series, "x": part["ratio"].astype(float), "y": part["pruned_mean"],
         "lo": part["pruned_mean"] - part["pruned_ci95"], "hi": part["pruned_mean"] + part["pruned_ci95"],

@@ -1,6 +1,13 @@
 """The comparison report: pruned dev metric per data x strategy x ratio over seeds (Figures 6-8),
 split by every config value a sweep varied, with paired differences against baselines.
 
+This module collects the runs and their sweep keys, computes the summary and the paired
+differences, and writes the report (:func:`write_report`, also at the end of a Hydra multirun
+via :class:`ReportCallback`). The Markdown is rendered by :mod:`deepcuts.analysis.report_markdown`,
+the figures by :mod:`deepcuts.analysis.report_plots`, the HTML page by
+:mod:`deepcuts.analysis.html_report`; :mod:`deepcuts.analysis.report_keys` holds what they share
+(missing values, their order and text, grouping by keys).
+
 It reads nothing but the outputs contract (``results.json`` and ``config.yaml`` in each run
 folder), so it works on copied or old sweeps and never imports torch. Unfinished or failed runs
 are listed, never dropped.
@@ -21,6 +28,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from deepcuts.analysis import stats
+from deepcuts.analysis.report_keys import MISSING, fmt, groups, norm, row_key, sort_value
+from deepcuts.analysis.report_markdown import DEV_FLAG, render_markdown
+from deepcuts.analysis.report_plots import plot_ratio
+
+__all__ = ["DEFAULT_BASELINES", "DEV_FLAG", "ReportCallback", "collect_runs", "group_keys",
+           "paired_differences", "read_config", "summarise", "sweep_keys", "write_report"]
 
 RESULTS = "results.json"
 CONFIG = "config.yaml"  # the resolved config, written beside results.json
@@ -37,8 +50,6 @@ PAIRED = ["baseline", "baseline_variant", "higher_is_better", "seeds", "paired_s
           "unpaired_seeds", "method_mean", "baseline_mean", "mean_diff", "t_low", "t_high",
           "boot_low", "boot_high", "wins", "covers_zero", "verdict"]
 DEFAULT_BASELINES = ("layer_mag_grad", "layer_mag_weight")
-DEV_FLAG = "selected on the reported set"
-NONE = "—"  # a sweep key a run has no value for (no config.yaml, or an older config)
 
 # Config keys that never split runs: bookkeeping, paths, logging, and the results' own fields.
 IGNORED = {"seed", "output_dir", "cache_dir", "cache", "resume", "save_model", "data.root",
@@ -49,16 +60,6 @@ IGNORED_PREFIXES = ("logger.", "hydra.")
 SWEEP_BASE = ("data", "model", "ratio_basis", "strategy", "ratio")  # where sweep keys are sought
 SHADOWED = {*FIELDS, *EXTRA, *PHASES, "selection", "control", "metric", "higher_is_better", "path",
             "mtime", "config"}  # run columns a config key's column must not overwrite
-
-
-class _Missing:
-    """A run without a value for a key; sorts last, equals only itself."""
-
-    def __repr__(self) -> str:
-        return NONE
-
-
-MISSING = _Missing()
 
 
 def _state(folder: Path) -> dict | str:
@@ -184,23 +185,6 @@ def _metric_names(columns: Iterable[str], phase: str) -> list[str]:
                    and c not in PHASES and not any(c.startswith(p + "_") for p in longer)})
 
 
-def _norm(value: Any) -> Any:
-    """A hashable, comparable stand-in: NaN and None (no value) become MISSING."""
-    if value is None or value is MISSING or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    return value
-
-
-def _sort_value(value: Any) -> tuple:
-    """Numbers by value, then text, then missing: a total order over mixed sweep values."""
-    value = _norm(value)
-    if value is MISSING:
-        return (2, 0.0, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, float(value), "")
-    return (1, 0.0, str(value))
-
-
 def _config_value(config: Any, key: str) -> Any:
     """A run's value of a config key: explicit null is "null", no value is None."""
     if not isinstance(config, dict) or key not in config:
@@ -244,9 +228,9 @@ def sweep_keys(df: pd.DataFrame) -> list[str]:
     candidates = [k for k, bound in seed_bound.items() if not bound]
     values: dict[str, dict[tuple, set]] = {k: {} for k in candidates}
     for row in rows:
-        base = tuple(_norm(row[k]) for k in SWEEP_BASE)
+        base = tuple(norm(row[k]) for k in SWEEP_BASE)
         for key in candidates:
-            values[key].setdefault(base, set()).add(_norm(_config_value(row["config"], key)))
+            values[key].setdefault(base, set()).add(norm(_config_value(row["config"], key)))
     keys = [k for k, groups in values.items() if any(len(v) > 1 for v in groups.values())]
     return [_column(k) for k in sorted(keys, key=lambda k: (k.startswith("strategy."), k))]
 
@@ -270,30 +254,18 @@ def group_keys(df: pd.DataFrame, sweep: Sequence[str] | None = None) -> list[str
     return ["data", *mixed, "strategy", "ratio", "metric", "selection", *sweep]
 
 
-def _key(row: dict, keys: Sequence[str]) -> tuple:
-    return tuple(_norm(row[k]) for k in keys)
-
-
-def _groups(df: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, pd.DataFrame]:
-    """Rows grouped by ``keys``, missing values a group of their own (pandas would drop them)."""
-    index: dict[tuple, list] = {}
-    for i, row in zip(df.index, df.to_dict("records"), strict=True):
-        index.setdefault(_key(row, keys), []).append(i)
-    return {k: df.loc[idx] for k, idx in index.items()}
-
-
 def _latest(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """One run per seed and group (sweep keys included): a rerun replaces the older one."""
     kept: dict[tuple, Any] = {}
     for i, row in zip(df.index, df.to_dict("records"), strict=True):
-        key = (*_key(row, keys), row["seed"])
+        key = (*row_key(row, keys), row["seed"])
         if key not in kept or df.at[kept[key], "mtime"] <= row["mtime"]:
             kept[key] = i
     return df.loc[sorted(kept.values(), key=lambda i: (_row_order(df.loc[i], keys), i))]
 
 
 def _row_order(row: Any, keys: Sequence[str]) -> tuple:
-    return (*(_sort_value(row[k]) for k in keys), _sort_value(row.get("seed")))
+    return (*(sort_value(row[k]) for k in keys), sort_value(row.get("seed")))
 
 
 def _sorted(rows: list[dict], keys: Sequence[str], columns: list[str]) -> pd.DataFrame:
@@ -324,7 +296,7 @@ def summarise(df: pd.DataFrame, sweep: Sequence[str] | None = None) -> pd.DataFr
     runs, keys, _ = _prepare(df, sweep)
     metrics = _per_metric_columns(runs)
     rows = []
-    for part in _groups(runs, keys).values():
+    for part in groups(runs, keys).values():
         first = part.iloc[0]
         row = {k: first[k] for k in keys}
         row["control"] = bool(part["control"].astype(bool).any())
@@ -342,7 +314,7 @@ def summarise(df: pd.DataFrame, sweep: Sequence[str] | None = None) -> pd.DataFr
 
 
 def _variant(row: Any, keys: Sequence[str]) -> str:
-    return ", ".join(f"{k}={_fmt(row[k])}" for k in keys if _norm(row[k]) is not MISSING)
+    return ", ".join(f"{k}={fmt(row[k])}" for k in keys if norm(row[k]) is not MISSING)
 
 
 def paired_differences(df: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASELINES,
@@ -364,19 +336,19 @@ def paired_differences(df: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASE
     by_cell: dict[tuple, pd.DataFrame] = {}
     for b in baselines:
         part = runs[runs["strategy"].astype(str) == b]
-        for key, rows in _groups(part, cell).items():
+        for key, rows in groups(part, cell).items():
             by_cell[(b, *key)] = rows
     out = []
-    for group in _groups(runs, keys).values():
+    for group in groups(runs, keys).values():
         first = group.iloc[0]
         method = dict(zip(group["seed"].astype(int).tolist(), group["pruned"].astype(float),
                           strict=True))
         higher = bool(first["higher_is_better"])
         for b in baselines:
-            base = by_cell.get((b, *_key(first, cell)))
+            base = by_cell.get((b, *row_key(first, cell)))
             if str(first["strategy"]) == b or base is None:
                 continue
-            for variant in _groups(base, own).values():
+            for variant in groups(base, own).values():
                 ref = dict(zip(variant["seed"].astype(int).tolist(),
                                variant["pruned"].astype(float), strict=True))
                 p = stats.paired(method, ref, higher)
@@ -399,224 +371,6 @@ def paired_differences(df: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASE
 
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else math.nan
-
-
-def _fmt(value: Any) -> str:
-    """A sweep value for a table cell."""
-    value = _norm(value)
-    if value is MISSING:
-        return NONE
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _pm(mean: float, std: float) -> str:
-    if pd.isna(mean):
-        return "n/a"
-    return f"{mean:.4f} ± " + ("n/a" if pd.isna(std) else f"{std:.4f}")
-
-
-def _interval(low: float, high: float) -> str:
-    return "—" if pd.isna(low) else f"[{low:+.4f}, {high:+.4f}]"
-
-
-def _selection(value: Any) -> str:
-    return f"dev ({DEV_FLAG})" if value == "dev" else _fmt(value)
-
-
-def _table(head: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
-
-
-def _shown(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
-    """The keys worth a column in this part: model / ratio_basis when mixed, sweep keys with a
-    value here."""
-    return [k for k in keys if k in ("model", "ratio_basis")
-            or (k not in ("data", "strategy", "ratio", "metric", "selection")
-                and any(_norm(v) is not MISSING for v in part[k]))]
-
-
-def _row_head(part: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], list[str], Any]:
-    """Header, alignment and a cell maker for a row's identity: [model, ratio_basis,] strategy,
-    ratio, the sweep values, selection (the order rows are sorted in)."""
-    shown = _shown(part, keys)
-    lead = [k for k in shown if k in ("model", "ratio_basis")]
-    sweep = [k for k in shown if k not in lead]
-    head = [*lead, "strategy", "ratio", *sweep, "selection"]
-    align = ["---"] * (len(lead) + 1) + ["---:"] + ["---"] * (len(sweep) + 1)
-
-    def cells(r: Any) -> list[str]:
-        return [*(_fmt(r[k]) for k in lead), str(r["strategy"]), f"{r['ratio']:g}",
-                *(_fmt(r[k]) for k in sweep), _selection(r["selection"])]
-
-    return head, align, cells
-
-
-def _dev_note(part: pd.DataFrame) -> list[str]:
-    n = int((part["selection"] == "dev").sum())
-    if not n:
-        return []
-    return [f"> **Note:** {n} row(s) below used selection `dev`, {DEV_FLAG}: the pruned metric "
-            "is the best epoch on the dev set it is reported on, so it is optimistic; the "
-            "last-epoch column is not selected.", ""]
-
-
-def _split(part: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    control = part["control"].astype(bool)
-    return [("Methods", part[~control]), ("Sanity controls", part[control])]
-
-
-def _summary_section(part: pd.DataFrame, keys: Sequence[str], metric: str) -> list[str]:
-    head, align, ident = _row_head(part, keys)
-    head += ["achieved ratio", f"pruned {metric}", f"pruned {metric} (last epoch)",
-             f"dense {metric}", "seeds"]
-    align += ["---:"] * 5
-    lines = _dev_note(part)
-    for title, rows in _split(part):
-        if title == "Sanity controls" and rows.empty:
-            continue
-        cells = [[*ident(r), f"{r['achieved_ratio_mean']:.2f}",
-                  _pm(r["pruned_mean"], r["pruned_std"]),
-                  _pm(r["pruned_last_mean"], r["pruned_last_std"]),
-                  _pm(r["dense_mean"], r["dense_std"]), str(r["seeds"])]
-                 for _, r in rows.iterrows()]
-        lines += [f"### {title}", ""]
-        lines += _table(head, align, cells) if cells else ["None.", ""]
-    return lines
-
-
-def _paired_section(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
-    head, align, ident = _row_head(part, keys)
-    head += ["baseline", "seeds", "mean diff", "95% t-interval", "95% bootstrap", "wins",
-             "verdict"]
-    align += ["---", "---:", "---:", "---", "---", "---:", "---"]
-    lines = _dev_note(part)
-    for title, rows in _split(part):
-        if rows.empty:
-            continue
-        cells = []
-        for _, r in rows.iterrows():
-            base = r["baseline"] + (f" ({r['baseline_variant']})" if r["baseline_variant"] else "")
-            mean = "n/a" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.4f}"
-            cells.append([*ident(r), base, str(r["seeds"]), mean,
-                          _interval(r["t_low"], r["t_high"]),
-                          _interval(r["boot_low"], r["boot_high"]),
-                          f"{r['wins']}/{r['seeds']}", str(r["verdict"])])
-        lines += [f"#### {title}", ""] + _table(head, align, cells)
-    return lines
-
-
-def _markdown(summary: pd.DataFrame, paired: pd.DataFrame, keys: list[str], sweep: list[str],
-              baselines: Sequence[str], folders: list[Path], unfinished: list[Path], n_runs: int,
-              n_dupes: int) -> str:
-    where = ", ".join(f"`{f}`" for f in folders)
-    lines = ["# DeepCuts comparison report", ""]
-    if summary.empty:
-        lines += [f"No complete run under {where}; {len(unfinished)} unfinished or failed.", ""]
-    else:
-        dev = (summary["selection"] == "dev").any()
-        lines += [f"{n_runs} complete runs under {where}; pruned dev metric as mean ± sample std "
-                  "over seeds, at the epoch the run's `selection` chose and at the last epoch."
-                  + (f" Selection `dev` (also every run that predates `selection`) is {DEV_FLAG}: "
-                     "the epoch was chosen on the dev set the metric is reported on."
-                     if dev else ""), ""]
-        lines += ["Sweep keys (config values that differ within a data × model × strategy × "
-                  "ratio group; rows are split by them): "
-                  + (", ".join(f"`{k}`" for k in sweep) + f"; `{NONE}`: the run has no value "
-                     "(no `config.yaml`, or a config without the key)." if sweep else "none."),
-                  ""]
-    if n_dupes:
-        lines += [f"{n_dupes} older duplicate run(s) of the same seed and settings were ignored.",
-                  ""]
-    for data, part in summary.groupby("data", sort=True):
-        metric = ", ".join(sorted(part["metric"].astype(str).unique()))
-        lines += [f"## {data} ({metric})", ""] + _summary_section(part, keys, metric)
-
-    lines += ["## Paired differences", ""]
-    names = ", ".join(f"`{b}`" for b in baselines) or "none"
-    if not summary.empty:
-        lines += [f"Against the baselines {names}: per seed, method − baseline of the pruned "
-                  "metric at the selected epoch, over the seeds both have (same seed = same "
-                  "dense model, data order and head); its mean, the 95% Student-t interval, the "
-                  f"95% percentile bootstrap ({stats.RESAMPLES:,} resamples, seed "
-                  f"{stats.BOOTSTRAP_SEED}) and the seeds the method wins (strictly better; "
-                  "lower is better for mse/loss). A difference is detected only when both "
-                  "intervals exclude 0.", ""]
-    present = set(summary["strategy"].astype(str)) if not summary.empty else set()
-    absent = [b for b in baselines if b not in present]
-    if absent and not summary.empty:
-        lines += ["No runs of baseline(s) " + ", ".join(f"`{b}`" for b in absent) + ".", ""]
-    if paired.empty:
-        lines += ["No pairs.", ""]
-    for data, part in paired.groupby("data", sort=True):
-        metric = ", ".join(sorted(part["metric"].astype(str).unique()))
-        lines += [f"### {data} ({metric}): paired differences", ""] + _paired_section(part, keys)
-
-    lines += [f"## Unfinished or failed runs ({len(unfinished)})", ""]
-    lines += [f"- `{p}`: {_state(p)}" for p in unfinished] or ["None."]
-    return "\n".join(lines) + "\n"
-
-
-def _plot(data: str, summary: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str],
-          path: Path) -> None:
-    """Metric vs compression ratio, a line per strategy and sweep values (error bars: 95%
-    t-interval of the mean over seeds, none for one seed), controls dotted, dense dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.2, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    shown = _shown(summary, keys)
-    if summary["selection"].astype(str).nunique() > 1:
-        shown.append("selection")
-    line_keys = [k for k in keys if k not in ("data", "ratio", "metric")]
-    for _, line in sorted(_groups(summary, line_keys).items(),
-                          key=lambda kv: tuple(_sort_value(v) for v in kv[0])):
-        line = line.sort_values("ratio")
-        first = line.iloc[0]
-        label = " · ".join([str(first["strategy"]), *_labels(first, shown)])
-        ax.errorbar(line["ratio"], line["pruned_mean"], yerr=line["pruned_ci95"].fillna(0.0),
-                    marker="o", capsize=3, label=label,
-                    linestyle=":" if bool(first["control"]) else "-")
-    dense_keys = [k for k in shown if k not in ("ratio_basis", "selection")
-                  and not k.startswith("strategy.")]
-    per_seed: dict[tuple, list[float]] = {}
-    for key, part in _groups(runs, [*dense_keys, "seed"]).items():
-        per_seed.setdefault(key[:-1], []).append(pd.to_numeric(part["dense"]).mean())
-    styles = ["--", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
-    for i, (key, values) in enumerate(sorted(per_seed.items(),
-                                             key=lambda kv: tuple(map(_sort_value, kv[0])))):
-        level = pd.Series(values, dtype=float).mean()
-        if not pd.isna(level):
-            name = " · ".join(_labels(dict(zip(dense_keys, key, strict=True)), dense_keys))
-            ax.axhline(level, linestyle=styles[i % len(styles)], color="gray", alpha=0.8,
-                       label=f"dense · {name}" if name else "dense")
-    metric = ", ".join(sorted(summary["metric"].astype(str).unique()))
-    ax.set_xticks(sorted(summary["ratio"].unique()))
-    bases = sorted(runs["ratio_basis"].astype(str).unique()) if "ratio_basis" in runs else []
-    # the requested ratio; on a model smaller than the basis the achieved one is in the table
-    ax.set_xlabel("compression ratio" + (f" (ratio_basis: {', '.join(bases)})" if bases else ""))
-    ax.set_ylabel(f"dev {metric}")
-    ax.set_title(f"{data}: pruned dev {metric} vs compression ratio (95% CI over seeds)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()  # before the legend, so a legend beside the axes does not squeeze them
-    if len(ax.get_legend_handles_labels()[1]) > 6:  # many lines: legend beside the axes
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-
-
-def _labels(row: Any, keys: Sequence[str]) -> list[str]:
-    """Legend parts: a sweep key as ``key=value``, model / selection as the value; no value, no
-    part."""
-    return [f"{k}={_fmt(row[k])}" if "." in k else _fmt(row[k]) for k in keys
-            if _norm(row[k]) is not MISSING]
 
 
 def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
@@ -652,12 +406,13 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
     summary.to_csv(written["csv"], index=False)
     paired.to_csv(written["paired_csv"], index=False)
     n_dupes = len(df) - len(runs)
-    text = _markdown(summary, paired, keys, sweep, baselines, folders, unfinished, len(runs),
-                     n_dupes)
+    text = render_markdown(summary, paired, keys=keys, sweep=sweep, baselines=baselines,
+                           folders=folders, unfinished={p: _state(p) for p in unfinished},
+                           n_runs=len(runs), n_dupes=n_dupes)
     written["markdown"].write_text(text)
     for data, part in summary.groupby("data", sort=True):
         path = out / (re.sub(r"[^\w.-]", "_", str(data)) + ".png")
-        _plot(str(data), part, runs[runs["data"].astype(str) == data], keys, path)
+        plot_ratio(str(data), part, runs[runs["data"].astype(str) == data], keys, path)
         written["plots"][data] = path
     if html:
         from deepcuts.analysis.html_report import write_html_report

@@ -1,0 +1,162 @@
+"""The comparison report as Markdown (``report.md``): per data set the methods and the sanity
+controls (mean ± std over seeds), the paired differences against the baselines with their
+intervals and verdicts, and the unfinished or failed runs.
+
+It renders the tables :mod:`deepcuts.analysis.report` computed; nothing is computed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deepcuts.analysis import stats
+from deepcuts.analysis.report_keys import NONE, fmt, shown_keys
+
+DEV_FLAG = "selected on the reported set"
+
+
+def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequence[str],
+                    sweep: Sequence[str], baselines: Sequence[str], folders: Sequence[Path],
+                    unfinished: dict[Path, str], n_runs: int, n_dupes: int) -> str:
+    """The report's text. ``keys``: the group keys, ``sweep``: the sweep keys among them,
+    ``unfinished``: each unfinished or failed run and why it does not count, ``n_runs``: the
+    runs counted, ``n_dupes``: older duplicate runs ignored."""
+    where = ", ".join(f"`{f}`" for f in folders)
+    lines = ["# DeepCuts comparison report", ""]
+    if summary.empty:
+        lines += [f"No complete run under {where}; {len(unfinished)} unfinished or failed.", ""]
+    else:
+        dev = (summary["selection"] == "dev").any()
+        lines += [f"{n_runs} complete runs under {where}; pruned dev metric as mean ± sample std "
+                  "over seeds, at the epoch the run's `selection` chose and at the last epoch."
+                  + (f" Selection `dev` (also every run that predates `selection`) is {DEV_FLAG}: "
+                     "the epoch was chosen on the dev set the metric is reported on."
+                     if dev else ""), ""]
+        lines += ["Sweep keys (config values that differ within a data × model × strategy × "
+                  "ratio group; rows are split by them): "
+                  + (", ".join(f"`{k}`" for k in sweep) + f"; `{NONE}`: the run has no value "
+                     "(no `config.yaml`, or a config without the key)." if sweep else "none."),
+                  ""]
+    if n_dupes:
+        lines += [f"{n_dupes} older duplicate run(s) of the same seed and settings were ignored.",
+                  ""]
+    for data, part in summary.groupby("data", sort=True):
+        metric = ", ".join(sorted(part["metric"].astype(str).unique()))
+        lines += [f"## {data} ({metric})", ""] + _summary_section(part, keys, metric)
+
+    lines += ["## Paired differences", ""]
+    names = ", ".join(f"`{b}`" for b in baselines) or "none"
+    if not summary.empty:
+        lines += [f"Against the baselines {names}: per seed, method − baseline of the pruned "
+                  "metric at the selected epoch, over the seeds both have (same seed = same "
+                  "dense model, data order and head); its mean, the 95% Student-t interval, the "
+                  f"95% percentile bootstrap ({stats.RESAMPLES:,} resamples, seed "
+                  f"{stats.BOOTSTRAP_SEED}) and the seeds the method wins (strictly better; "
+                  "lower is better for mse/loss). A difference is detected only when both "
+                  "intervals exclude 0.", ""]
+    present = set(summary["strategy"].astype(str)) if not summary.empty else set()
+    absent = [b for b in baselines if b not in present]
+    if absent and not summary.empty:
+        lines += ["No runs of baseline(s) " + ", ".join(f"`{b}`" for b in absent) + ".", ""]
+    if paired.empty:
+        lines += ["No pairs.", ""]
+    for data, part in paired.groupby("data", sort=True):
+        metric = ", ".join(sorted(part["metric"].astype(str).unique()))
+        lines += [f"### {data} ({metric}): paired differences", ""] + _paired_section(part, keys)
+
+    lines += [f"## Unfinished or failed runs ({len(unfinished)})", ""]
+    lines += [f"- `{p}`: {why}" for p, why in unfinished.items()] or ["None."]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_section(part: pd.DataFrame, keys: Sequence[str], metric: str) -> list[str]:
+    head, align, ident = _row_head(part, keys)
+    head += ["achieved ratio", f"pruned {metric}", f"pruned {metric} (last epoch)",
+             f"dense {metric}", "seeds"]
+    align += ["---:"] * 5
+    lines = _dev_note(part)
+    for title, rows in _split(part):
+        if title == "Sanity controls" and rows.empty:
+            continue
+        cells = [[*ident(r), f"{r['achieved_ratio_mean']:.2f}",
+                  _pm(r["pruned_mean"], r["pruned_std"]),
+                  _pm(r["pruned_last_mean"], r["pruned_last_std"]),
+                  _pm(r["dense_mean"], r["dense_std"]), str(r["seeds"])]
+                 for _, r in rows.iterrows()]
+        lines += [f"### {title}", ""]
+        lines += _table(head, align, cells) if cells else ["None.", ""]
+    return lines
+
+
+def _paired_section(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    head, align, ident = _row_head(part, keys)
+    head += ["baseline", "seeds", "mean diff", "95% t-interval", "95% bootstrap", "wins",
+             "verdict"]
+    align += ["---", "---:", "---:", "---", "---", "---:", "---"]
+    lines = _dev_note(part)
+    for title, rows in _split(part):
+        if rows.empty:
+            continue
+        cells = []
+        for _, r in rows.iterrows():
+            base = r["baseline"] + (f" ({r['baseline_variant']})" if r["baseline_variant"] else "")
+            mean = "n/a" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.4f}"
+            cells.append([*ident(r), base, str(r["seeds"]), mean,
+                          _interval(r["t_low"], r["t_high"]),
+                          _interval(r["boot_low"], r["boot_high"]),
+                          f"{r['wins']}/{r['seeds']}", str(r["verdict"])])
+        lines += [f"#### {title}", ""] + _table(head, align, cells)
+    return lines
+
+
+def _row_head(part: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], list[str], Any]:
+    """Header, alignment and a cell maker for a row's identity: [model, ratio_basis,] strategy,
+    ratio, the sweep values, selection (the order rows are sorted in)."""
+    shown = shown_keys(part, keys)
+    lead = [k for k in shown if k in ("model", "ratio_basis")]
+    sweep = [k for k in shown if k not in lead]
+    head = [*lead, "strategy", "ratio", *sweep, "selection"]
+    align = ["---"] * (len(lead) + 1) + ["---:"] + ["---"] * (len(sweep) + 1)
+
+    def cells(r: Any) -> list[str]:
+        return [*(fmt(r[k]) for k in lead), str(r["strategy"]), f"{r['ratio']:g}",
+                *(fmt(r[k]) for k in sweep), _selection(r["selection"])]
+
+    return head, align, cells
+
+
+def _dev_note(part: pd.DataFrame) -> list[str]:
+    n = int((part["selection"] == "dev").sum())
+    if not n:
+        return []
+    return [f"> **Note:** {n} row(s) below used selection `dev`, {DEV_FLAG}: the pruned metric "
+            "is the best epoch on the dev set it is reported on, so it is optimistic; the "
+            "last-epoch column is not selected.", ""]
+
+
+def _split(part: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    control = part["control"].astype(bool)
+    return [("Methods", part[~control]), ("Sanity controls", part[control])]
+
+
+def _pm(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "n/a"
+    return f"{mean:.4f} ± " + ("n/a" if pd.isna(std) else f"{std:.4f}")
+
+
+def _interval(low: float, high: float) -> str:
+    return "—" if pd.isna(low) else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _selection(value: Any) -> str:
+    return f"dev ({DEV_FLAG})" if value == "dev" else fmt(value)
+
+
+def _table(head: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
