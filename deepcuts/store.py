@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from deepcuts.nested import flatten
+
 log = logging.getLogger(__name__)
 
 
@@ -75,15 +77,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): node}
-
-
 class StageCache:
     """``root/<stage>/<key>/`` folders of files, built once under a lock and checked on read."""
 
@@ -105,11 +98,11 @@ class StageCache:
 
     def _explain_miss(self, stage: str, spec: dict) -> None:
         """Log why no entry matched: the spec keys in which the nearest cached entry differs."""
-        want = _flatten(json.loads(json.dumps(spec, default=str)))
+        want = flatten(json.loads(json.dumps(spec, default=str)))
         best: tuple[int, list[str]] | None = None
         for path in (self.root / stage).glob("*/spec.json"):
             try:
-                have = _flatten(json.loads(path.read_text()))
+                have = flatten(json.loads(path.read_text()))
             except (OSError, ValueError):
                 continue
             diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))

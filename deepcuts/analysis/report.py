@@ -31,6 +31,7 @@ from deepcuts.analysis import stats
 from deepcuts.analysis.report_keys import MISSING, fmt, groups, norm, row_key, sort_value
 from deepcuts.analysis.report_markdown import DEV_FLAG, render_markdown
 from deepcuts.analysis.report_plots import plot_ratio
+from deepcuts.nested import flatten
 
 __all__ = ["DEFAULT_BASELINES", "DEV_FLAG", "ReportCallback", "collect_runs", "group_keys",
            "paired_differences", "read_config", "summarise", "sweep_keys", "write_report"]
@@ -95,18 +96,6 @@ def _metric(metrics: Any, name: str) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> ``{"optimizer.lr": 5e-05, ...}``; lists become JSON text (hashable)."""
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    if isinstance(node, (list, tuple)):
-        return {prefix[:-1]: json.dumps(node)}
-    return {prefix[:-1]: node}
-
-
 def read_config(run: str | os.PathLike) -> dict[str, Any] | None:
     """The run's ``config.yaml`` flattened to dotted keys; None when absent or unreadable."""
     path = Path(run) / CONFIG
@@ -116,7 +105,7 @@ def read_config(run: str | os.PathLike) -> dict[str, Any] | None:
         cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # noqa: BLE001 - a broken config only costs the run its sweep keys
         return None
-    return _flatten(cfg) if isinstance(cfg, dict) else None
+    return flatten(cfg) if isinstance(cfg, dict) else None
 
 
 def _control(res: dict) -> bool:
