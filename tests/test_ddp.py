@@ -8,7 +8,11 @@ import re
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from deepcuts import budget as B
 from deepcuts import masks as M
@@ -21,11 +25,39 @@ from deepcuts.training import check_trainer, fine_tune
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 
 
-def test_trainer_ddp_composes_on_the_default_trainer(make_cfg):
+def test_trainer_ddp_builds_spawned_ranks_on_the_default_trainer(make_cfg):
+    """The Trainer that trainer=ddp instantiates (as check_trainer and fine_tune do): DDP with
+    ranks spawned from the driver, on 2 CPU devices, with what it inherits from trainer=default."""
     cfg = make_cfg(*DDP)
-    assert cfg.trainer.strategy.start_method == "spawn" and cfg.trainer.strategy.broadcast_buffers is False
-    assert cfg.trainer.devices == 2 and cfg.trainer.precision == "32-true"
     check_trainer(cfg.trainer)  # accepted
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    strategy = trainer.strategy
+    assert type(strategy) is DDPStrategy
+    assert type(strategy.launcher) is _MultiProcessingLauncher and strategy.launcher._start_method == "spawn"
+    assert type(trainer.accelerator) is CPUAccelerator
+    assert trainer.num_devices == 2 and trainer.world_size == 2
+    assert strategy._ddp_kwargs == {"broadcast_buffers": False}  # handed to DistributedDataParallel
+    # from trainer=default
+    assert trainer.precision == "32-true" and trainer.num_sanity_val_steps == 0 and trainer.log_every_n_steps == 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((*DDP, "trainer.strategy.start_method=fork"), "on 2 devices forks its ranks"),
+        ((*DDP, "trainer.strategy.start_method=popen"), "on 2 devices re-launches the script in every rank"),
+        ((*DDP, "trainer.strategy.start_method=forkserver"), None),  # also a fresh process per rank
+        (("trainer.accelerator=cpu",), None),  # one device: no launcher at all
+    ],
+    ids=["start_method_fork", "start_method_popen", "start_method_forkserver", "one_device"],
+)
+def test_check_trainer_accepts_only_ranks_started_from_the_driver(make_cfg, overrides, message):
+    cfg = make_cfg(*overrides)
+    if message is None:
+        check_trainer(cfg.trainer)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_trainer(cfg.trainer)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +93,7 @@ def test_ddp_fine_tune_returns_trained_masked_weights_to_the_driver(make_cfg, tm
     M.apply_masks(model, M.build_masks(scores, 0.5, "layer"))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    out = fine_tune(model, data, cfg, 2, tmp_path / "ft", "pruned", select_best=True)
+    out = fine_tune(model, data, cfg, 2, tmp_path / "ft", "pruned", selection="dev")
 
     # 48 examples, 8 per rank per step, 2 ranks: 3 optimiser steps an epoch (6 on one device)
     assert [h["step"] for h in out["history"]] == [3, 6]
@@ -75,7 +107,7 @@ def test_ddp_fine_tune_returns_trained_masked_weights_to_the_driver(make_cfg, tm
         assert torch.equal(mask, before[name + "_mask"])
         assert dict(model.named_parameters())[name + "_orig"][mask == 0].abs().sum() == 0
     # the driver holds the selected epoch's weights: one device re-evaluates them to the same numbers
-    again = fine_tune(model, data, make_cfg("data=stsb"), 0, tmp_path / "eval", "pruned", select_best=False)
+    again = fine_tune(model, data, make_cfg("data=stsb"), 0, tmp_path / "eval", "pruned", selection="last")
     for k in ("spearmanr", "mse"):
         assert again["selected"][k] == pytest.approx(out["selected"][k], rel=1e-5)
 

@@ -112,9 +112,62 @@ def test_gradcam_by_hand(shift):
     assert_scores(score(S.GradCAM("c", shift=shift)), expected(MLP(), batches(), shift=shift))
 
 
-def test_gradcam_shift_defaults_to_lambda_10_and_lambda_0_is_gradcam():
-    assert S.GradCAMShift("s").shift == 10.0
-    assert_scores(score(S.GradCAMShift("s", shift=0.0)), score(S.GradCAM("c")))
+class OneLinear(nn.Module):
+    """out = W x + b with W = [[1, -2], [0.5, 3]], b = [0.25, -1]; loss = mean_i (out_i0 - out_i1).
+
+    So ``dL/dW = c xbar^T`` and ``dL/db = c`` with ``c = [1, -1]``, and ``a_bar = W xbar + b``:
+    every score below is a few multiplications, done by hand in the comments."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+            self.fc.bias.copy_(torch.tensor([0.25, -1.0]))
+
+    def loss(self, batch):
+        out = self.fc(batch["x"])
+        return (out[:, 0] - out[:, 1]).mean()
+
+
+# batch 1: xbar = [2, 1]   -> G1 = [[2, 1], [-2, -1]], g_b = [1, -1], a_bar1 = [0.25, 3]
+#          W*G1 = [[2, -2], [-1, -3]],  b*g_b = [0.25, 1]
+# batch 2: xbar = [-2, -2] -> G2 = [[-2, -2], [2, 2]], g_b = [1, -1], a_bar2 = [2.25, -8]
+#          W*G2 = [[-2, 4], [1, 6]],    b*g_b = [0.25, 1]
+ONE_LINEAR_BATCHES = [
+    {"x": torch.tensor([[1.0, 2.0], [3.0, 0.0]]), "attention_mask": torch.ones(2, 1)},
+    {"x": torch.tensor([[-1.0, 0.0], [-3.0, -4.0]]), "attention_mask": torch.ones(2, 1)},
+]
+T = torch.tensor
+BY_HAND = {
+    # lambda = 10: rows x (a_bar + 10) = [10.25, 13] and [12.25, 2]
+    #   batch 1 [[20.5, -20.5], [-13, -39]], bias [2.5625, 13]
+    #   batch 2 [[-24.5, 49], [2, 12]],      bias [3.0625, 2]
+    "cam_cut": {"fc.weight": T([[45.0, 69.5], [15.0, 51.0]]), "fc.bias": T([5.625, 15.0])},
+    "cam_cut_abs_of_mean": {"fc.weight": T([[2.0, 14.25], [5.5, 13.5]]), "fc.bias": T([2.8125, 7.5])},
+    # lambda = 0: rows x a_bar = [0.25, 3] and [2.25, -8]
+    #   batch 1 [[0.5, -0.5], [-3, -9]], bias [0.0625, 3]
+    #   batch 2 [[-4.5, 9], [-8, -48]],  bias [0.5625, -8]
+    "gradcam": {"fc.weight": T([[5.0, 9.5], [11.0, 57.0]]), "fc.bias": T([0.625, 11.0])},
+    # no activation factor: |W*G1| + |W*G2|
+    "mag_grad": {"fc.weight": T([[4.0, 6.0], [2.0, 9.0]]), "fc.bias": T([0.5, 2.0])},
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "want"),
+    [
+        pytest.param(lambda: S.GradCAMShift("s"), "cam_cut", id="cam_cut_default_lambda"),
+        pytest.param(lambda: S.GradCAMShift("s", accumulate="abs_of_mean"), "cam_cut_abs_of_mean", id="cam_cut_abs_of_mean"),
+        pytest.param(lambda: S.GradCAMShift("s", shift=0.0), "gradcam", id="cam_cut_lambda_0"),
+        pytest.param(lambda: S.GradCAM("c"), "gradcam", id="gradcam"),
+        pytest.param(lambda: S.SmoothGradCAMShift("s", eta=2, sigma=0.0), "cam_cut", id="smoothgrad_cam_shift_sigma_0"),
+        pytest.param(lambda: S.MagnitudeGrad("g"), "mag_grad", id="mag_grad"),
+    ],
+)
+def test_cam_cut_and_gradcam_against_hand_computed_numbers(make, want):
+    got = score(make(), OneLinear(), ONE_LINEAR_BATCHES)
+    assert_scores(got, BY_HAND[want])
 
 
 def test_batches_are_capped_and_counted():
@@ -155,14 +208,19 @@ def test_smoothgrad_averages_eta_noisy_gradients():
     g = torch.Generator().manual_seed(5)
     x, y = data[0]["x"], data[0]["y"]
     W1, b1, W2, b2 = (p.detach() for p in (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias))
-    total = torch.zeros_like(W1)
+    per_draw = []
     for _ in range(2):
-        h = x @ W1.T + b1 + 0.3 * torch.randn(h_shape := (len(x), 4), generator=g)
+        h = x @ W1.T + b1 + 0.3 * torch.randn((len(x), 4), generator=g)
         out = torch.relu(h) @ W2.T + b2
         dout = 2 * (out.squeeze(-1) - y) / len(y)
-        total += (dout[:, None] * W2 * (h > 0)).T @ x
-    torch.testing.assert_close(got["fc1.weight"], (W1 * total / 2).abs(), rtol=1e-5, atol=1e-7)
-    assert h_shape == (5, 4)
+        per_draw.append((dout[:, None] * W2 * (h > 0)).T @ x)
+    want = (W1 * (per_draw[0] + per_draw[1]) / 2).abs()
+    torch.testing.assert_close(got["fc1.weight"], want, rtol=1e-5, atol=1e-7)
+    # the expected value is not one a broken strategy could also hit: it differs from the
+    # noise-free score, and from either single draw (one pass, or one draw reused for both)
+    clean = expected(MLP(), data)["fc1.weight"]
+    for other in (clean, (W1 * per_draw[0]).abs(), (W1 * per_draw[1]).abs()):
+        assert (want - other).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(("kwargs", "msg"), [({"eta": 0}, "eta"), ({"sigma": -1.0}, "sigma")])
