@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hydra.utils import instantiate
 
 from deepcuts.keys import stage_specs
