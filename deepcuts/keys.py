@@ -20,10 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from deepcuts.store import config_key, file_sha256
 
 PACKAGE = Path(__file__).resolve().parent
-LIBRARIES = ("torch", "transformers", "pytorch-lightning", "datasets", "torchmetrics")
+LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
 FINE_TUNE_CODE = ("data.py", "model.py", "training.py")  # with pipeline.build_model
-SCORING_CODE = ("scoring.py",)  # with the scoring strategy's class chain
-RUN_CODE = ("masks.py", "pipeline.py", "export.py")  # with the run strategy's class chain
+SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
+RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
 NOT_DATA = ("root", "cache_dir", "num_workers")  # where the data is, not what it is
 
@@ -48,7 +48,7 @@ def _digest(texts: list[str]) -> str:
 
 
 def code_digest(files: tuple[str, ...], *objects: object) -> str:
-    """sha256 over package source files and the source of extra functions or classes."""
+    """sha256 over package source files and the source of extra functions."""
     texts = [(PACKAGE / name).read_text() for name in files]
     for obj in objects:
         linecache.checkcache(inspect.getsourcefile(obj))  # an edited module is read afresh
@@ -56,10 +56,15 @@ def code_digest(files: tuple[str, ...], *objects: object) -> str:
     return _digest(texts)
 
 
-def class_chain(cls: type) -> list[type]:
-    """The classes a strategy's behaviour comes from: its MRO minus ``object`` and Lightning's
-    Callback (library code, covered by the library versions)."""
-    return [c for c in inspect.getmro(cls) if c is not object and not c.__module__.startswith("pytorch_lightning")]
+def strategy_digest(cls: type) -> str:
+    """sha256 over the whole source files that define a strategy's class chain (its MRO minus
+    ``object`` and Lightning's Callback, which the library versions cover): the classes and
+    the helpers beside them (activation capture, noise hooks, the base callback)."""
+    files = sorted({
+        inspect.getsourcefile(c) for c in inspect.getmro(cls)
+        if c is not object and not c.__module__.startswith("pytorch_lightning")
+    })
+    return _digest([Path(f).read_text() for f in files])
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -68,7 +73,7 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:24]
 
 
@@ -129,19 +134,21 @@ def stage_specs(
         "code": code_digest(FINE_TUNE_CODE, build_model),
         "libraries": library_versions(),
     }
+    # the scoring settings only matter to scores computed from data; the batch count resolved
+    scoring = {k: v for k, v in _plain(cfg.scoring).items() if k != "batches"} if scoring_batches else None
     scores = {
         "dense": dense,
         "strategy": {k: v for k, v in _plain(scored.strategy).items() if k not in ("name", "scope")},
-        "scoring": _plain(cfg.scoring),
+        "scoring": scoring,
         "scoring_batches": scoring_batches,
         "prune": _plain(cfg.prune),
-        "code": code_digest(SCORING_CODE, *class_chain(type(scorer))),
+        "code": [code_digest(SCORING_CODE), strategy_digest(type(scorer))],
     }
     run = {
         "scores": scores,
         "strategy": _plain(cfg.strategy),
         **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
-        "code": code_digest(RUN_CODE, *class_chain(type(strategy))),
+        "code": [code_digest(RUN_CODE), strategy_digest(type(strategy))],
     }
     return {"dense": dense, "scores": scores, "run": run}
 

@@ -90,6 +90,8 @@ def run(cfg: DictConfig) -> dict:
     strategy = instantiate_checked(cfg.strategy)
     scored = scoring_config(cfg, strategy)  # controls such as shuffled score with another strategy
     scorer = strategy if scored is cfg else instantiate_checked(scored.strategy)
+    if scorer.of is not None:
+        raise ConfigError(f"strategy.of={strategy.of!r} is itself a control of another strategy; name a scoring strategy.")
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model = build_model(cfg, tokenizer)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))

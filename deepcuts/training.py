@@ -123,6 +123,8 @@ def fine_tune(
     None when nothing was selected (``last``, or a monitor that is NaN in every epoch).
     """
     selection = selection or cfg.selection
+    if selection not in SELECTION:
+        raise ConfigError(f"selection={selection!r} is unknown; use one of {SELECTION}.")
     metric, mode = cfg.data.monitor, cfg.data.monitor_mode
     ckpt_dir = folder / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -360,7 +360,8 @@ def test_pairing_by_seed_drops_unpaired_seeds(tmp_path):
     assert (row["t_low"], row["t_high"]) == pytest.approx(
         (statistics.mean(diffs) - half, statistics.mean(diffs) + half), abs=1e-12)
     assert row["covers_zero"]
-    assert row["verdict"] == "the 95% interval covers 0: no difference detected with 3 seeds"
+    assert row["verdict"] == ("the 95% interval covers 0: no difference detected with 3 seeds; "
+                              "seed(s) 3, 4 left out (missing or NaN on one side)")
     # the baseline is never paired against itself
     assert not (paired["strategy"] == paired["baseline"]).any()
 
@@ -417,12 +418,13 @@ def test_controls_have_their_own_tables_and_baselines_are_methods(tmp_path):
     pairs = set(zip(paired["strategy"], paired["baseline"], strict=True))
     assert ("layer_mag_weight", "layer_mag_grad") in pairs
     assert ("layer_mag_grad", "layer_mag_weight") in pairs
-    assert ("random", "layer_mag_grad") in pairs and len(pairs) == 2 + 3 * 2
+    assert ("random", "layer_mag_grad") in pairs and len(pairs) == 2 + 3 * 2 + 1
+    assert ("shuffled_gradcam_shift", "gradcam_shift") in pairs  # a control vs its own source
     ptable = section(md, "### stsb (pearson): paired differences", "## Unfinished")
     pmethods = first_cells(section(ptable, "#### Methods", "#### Sanity controls"))
     pcontrols = first_cells(section(ptable, "#### Sanity controls", "## "))
     assert set(pmethods) == {"gradcam_shift", "layer_mag_grad", "layer_mag_weight"}
-    assert set(pcontrols) == {"random", "shuffled_gradcam_shift"} and len(pcontrols) == 4
+    assert set(pcontrols) == {"random", "shuffled_gradcam_shift"} and len(pcontrols) == 5  # + vs source
 
 
 def test_selection_dev_is_flagged_and_other_selections_are_not(tmp_path):
@@ -534,3 +536,16 @@ def test_analysis_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr or "the report imported torch"
+
+
+def test_a_method_and_a_baseline_run_with_other_settings_are_never_paired(tmp_path):
+    """Two sweeps in one report: the method with lr 1e-4, the baseline with 5e-05. The setting is
+    constant within each strategy but differs between them, so it is a sweep key and the method
+    has no baseline to pair with (today's seeds would say nothing about the method)."""
+    for seed in range(3):
+        stsb_run(tmp_path, f"cam_s{seed}", "gradcam_shift", seed, 0.80, "optimizer.lr=1e-4")
+        stsb_run(tmp_path, f"grad_s{seed}", "layer_mag_grad", seed, 0.70, "optimizer.lr=5e-05")
+    result = write_report([tmp_path], tmp_path / "report", html=False)
+    assert result["sweep_keys"] == ["optimizer.lr"]
+    cam = result["paired"][result["paired"]["strategy"] == "gradcam_shift"]
+    assert cam.empty or (cam["seeds"] == 0).all()

@@ -58,6 +58,29 @@ def test_each_rule_keeps_the_epoch_it_names(make_cfg, tmp_path, selection):
     assert again["selected"]["pearson"] == pytest.approx(out["selected"]["pearson"], abs=1e-5)
 
 
+@pytest.mark.parametrize(("selection", "want"), [("holdout", 0), ("dev", 1), ("last", None)])
+def test_each_rule_keeps_its_own_epochs_weights(make_cfg, tmp_path, selection, want):
+    """Scripted metrics: the held-out slice is best at epoch 0, dev at epoch 1, the last epoch is
+    2. Each rule must report and reload its own epoch (a rule that read the other set, or did not
+    reload the checkpoint, fails)."""
+    scripted = {"holdout/pearson": [0.9, 0.1, 0.2], "val/pearson": [0.1, 0.9, 0.5]}
+    cfg, model, data = _model_and_data(make_cfg, f"selection={selection}", "optimizer.lr=3e-3", holdout=0.25)
+    heads = []
+
+    def scripted_end():
+        for key, values in scripted.items():
+            model.log(key, values[model.current_epoch])
+        heads.append(model.head.weight.detach().clone())
+
+    model.on_validation_epoch_end = scripted_end
+    out = fine_tune(model, data, cfg, 3, tmp_path / "ft", "pruned")
+    kept = 2 if want is None else want
+    assert out["best_epoch"] == want and out["selected"]["epoch"] == kept
+    assert out["selected"]["pearson"] == pytest.approx(scripted["val/pearson"][kept])  # dev, reported
+    assert len({float(h.sum()) for h in heads}) == 3  # the head moved every epoch
+    assert torch.equal(model.head.weight, heads[kept])
+
+
 def test_constant_predictions_finish_with_the_last_epoch(make_cfg, tmp_path, caplog):
     """A collapsed STS-B model has NaN Pearson in every epoch: no crash, best_epoch null."""
     cfg, model, data = _model_and_data(make_cfg, "selection=dev", "optimizer.lr=0")
@@ -115,3 +138,7 @@ def test_shuffled_of_an_unknown_strategy_fails_clearly(make_cfg):
 
     with pytest.raises(ConfigError, match="strategy.of='camcut' names no strategy"):
         run(make_cfg("strategy=shuffled", "strategy.of=camcut"))
+    with pytest.raises(ConfigError, match="must name another strategy"):
+        run(make_cfg("strategy=shuffled", "strategy.of=3"))
+    with pytest.raises(ConfigError, match="must name another strategy"):
+        run(make_cfg("strategy=shuffled", "strategy.of=shuffled"))

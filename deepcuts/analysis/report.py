@@ -195,7 +195,8 @@ def _config_key(column: str) -> str:
 
 def sweep_keys(df: pd.DataFrame) -> list[str]:
     """Config keys (as column names) that take more than one value within some (data, model,
-    ratio_basis, strategy, ratio) group: a sweep over them must not be averaged away.
+    ratio_basis, ratio) group -- within a strategy too for ``strategy.`` keys: a sweep over them
+    must not be averaged away, and runs that differ in them are never paired.
 
     A key absent from one run's config but present in another's counts as differing (e.g.
     ``scheduler=none`` vs ``linear_warmup``); runs without a ``config.yaml`` add nothing.
@@ -217,8 +218,11 @@ def sweep_keys(df: pd.DataFrame) -> list[str]:
     candidates = [k for k, bound in seed_bound.items() if not bound]
     values: dict[str, dict[tuple, set]] = {k: {} for k in candidates}
     for row in rows:
-        base = tuple(norm(row[k]) for k in SWEEP_BASE)
         for key in candidates:
+            # a strategy's own settings vary across strategies by design; any other key that
+            # differs within a data x ratio cell would make method and baseline runs unpaired
+            base = tuple(norm(row[k]) for k in SWEEP_BASE
+                         if k != "strategy" or key.startswith("strategy."))
             values[key].setdefault(base, set()).add(norm(_config_value(row["config"], key)))
     keys = [k for k, groups in values.items() if any(len(v) > 1 for v in groups.values())]
     return [_column(k) for k in sorted(keys, key=lambda k: (k.startswith("strategy."), k))]
@@ -323,7 +327,7 @@ def paired_differences(df: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASE
     own = [k for k in sweep if k.startswith("strategy.")]
     cell = [k for k in keys if k != "strategy" and k not in own]
     by_cell: dict[tuple, pd.DataFrame] = {}
-    for b in baselines:
+    for b in runs["strategy"].astype(str).unique():
         part = runs[runs["strategy"].astype(str) == b]
         for key, rows in groups(part, cell).items():
             by_cell[(b, *key)] = rows
@@ -333,7 +337,8 @@ def paired_differences(df: pd.DataFrame, baselines: Sequence[str] = DEFAULT_BASE
         method = dict(zip(group["seed"].astype(int).tolist(), group["pruned"].astype(float),
                           strict=True))
         higher = bool(first["higher_is_better"])
-        for b in baselines:
+        source = str(first["strategy"]).removeprefix("shuffled_")  # a control vs what it shuffles
+        for b in [*baselines, *([source] if source != str(first["strategy"]) else [])]:
             base = by_cell.get((b, *row_key(first, cell)))
             if str(first["strategy"]) == b or base is None:
                 continue

@@ -57,7 +57,13 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
                   f"95% percentile bootstrap ({stats.RESAMPLES:,} resamples, seed "
                   f"{stats.BOOTSTRAP_SEED}) and the seeds the method wins (strictly better; "
                   "lower is better for mse/loss). A difference is detected only when both "
-                  "intervals exclude 0.", ""]
+                  "intervals exclude 0. A `shuffled_<x>` control is also paired with `<x>`, the "
+                  "method whose masks it shuffles.", ""]
+        tested = int((paired["covers_zero"].notna()).sum()) if not paired.empty else 0
+        if tested:
+            lines += [f"{tested} comparisons have an interval, each at 95% with no correction for "
+                      f"multiplicity: if no strategy differed, about {0.05 * tested:.1f} of them "
+                      "would still exclude 0 by chance.", ""]
     present = set(summary["strategy"].astype(str)) if not summary.empty else set()
     absent = [b for b in baselines if b not in present]
     if absent and not summary.empty:

@@ -107,7 +107,14 @@ class Paired:
         return bool(self.t_low <= 0 <= self.t_high or self.boot_low <= 0 <= self.boot_high)
 
     def verdict(self, method: str = "the method", baseline: str = "the baseline") -> str:
-        """The comparison in words, as the report prints it."""
+        """The comparison in words, as the report prints it; seeds left out (missing or NaN on
+        one side, e.g. a collapsed STS-B model) are named, never dropped silently."""
+        text = self._verdict(method, baseline)
+        if self.unpaired:
+            text += f"; seed(s) {', '.join(map(str, self.unpaired))} left out (missing or NaN on one side)"
+        return text
+
+    def _verdict(self, method: str, baseline: str) -> str:
         if self.n == 0:
             return "no seed in common with the baseline: not paired"
         if self.n == 1:

@@ -20,7 +20,7 @@ class Shuffled(Strategy):
     control = True
 
     def __init__(self, name: str, of: str, scope: str = "layer", seed: int = 0, **kwargs) -> None:
-        if not of or of.startswith("shuffled"):
+        if not isinstance(of, str) or not of or of.startswith("shuffled"):
             raise ConfigError(f"strategy.of must name another strategy (a conf/strategy YAML), got {of!r}.")
         super().__init__(name=name, scope=scope, seed=seed, **kwargs)
         self.of = of
