@@ -36,8 +36,9 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
                   + (f" Selection `dev` (also every run that predates `selection`) is {DEV_FLAG}: "
                      "the epoch was chosen on the dev set the metric is reported on."
                      if dev else ""), ""]
-        lines += ["Sweep keys (config values that differ within a data × model × strategy × "
-                  "ratio group; rows are split by them): "
+        lines += ["Sweep keys (config values that differ within a data × model × ratio cell, "
+                  "`strategy.*` ones within a strategy; rows are split by them and only runs "
+                  "with equal values are paired): "
                   + (", ".join(f"`{k}`" for k in sweep) + f"; `{NONE}`: the run has no value "
                      "(no `config.yaml`, or a config without the key)." if sweep else "none."),
                   ""]
