@@ -42,12 +42,12 @@ def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.
         "last epoch": part["pruned_last_mean"],
         f"dense {metric}": part["dense_mean"],
         "achieved ratio": part["achieved_ratio_mean"],
-    })
+    }).reset_index(drop=True)
 
 
 def _line_plot(data: str, part: pd.DataFrame, runs: pd.DataFrame, sweep: Sequence[str],
                metric: str) -> LinePlot:
-    keys = [k for k in ("selection", *sweep) if k in part]
+    keys = [k for k in ("selection", *sweep) if k in part and part[k].astype(str).nunique() > 1]
     series = [_label(r, keys) for r in part.to_dict("records")]
     frame = pd.DataFrame({
         "series": series, "x": part["ratio"].astype(float), "y": part["pruned_mean"],
