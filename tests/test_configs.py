@@ -26,7 +26,8 @@ def test_every_strategy_instantiates_with_its_name_and_scope(name):
     cfg = hydra_cfg(f"strategy={name}")
     strategy = instantiate(cfg.strategy)
     assert isinstance(strategy, Strategy)
-    assert strategy.name == name
+    # a control names what it shuffles (shuffled_<of>), so reports can tell controls apart
+    assert strategy.name == (f"shuffled_{cfg.strategy.of}" if name == "shuffled" else name)
     assert strategy.scope == ("global" if name.startswith("global_") else "layer")
 
 
