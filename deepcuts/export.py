@@ -17,7 +17,7 @@ def export_pruned(model, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     clone = copy.deepcopy(model).cpu()
     remove_masks(clone)
-    clone.bert.save_pretrained(folder)
+    clone.encoder.save_pretrained(folder)
     write_tensors(folder / "head.safetensors", clone.head.state_dict())
     (folder / "task.json").write_text(json.dumps(dict(model.task), indent=2))
     return folder

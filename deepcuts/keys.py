@@ -21,7 +21,7 @@ from deepcuts.store import config_key, file_sha256
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
-FINE_TUNE_CODE = ("data.py", "model.py", "training.py")  # with pipeline.build_model
+FINE_TUNE_CODE = ("data.py", "model.py", "training.py")
 SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
 RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
@@ -116,8 +116,6 @@ def stage_specs(
     ``strategy``: the run's own strategy (a control such as shuffled scores with another,
     ``scored`` being the config that names it). Never the ratio, output folder or logger.
     """
-    from deepcuts.pipeline import build_model
-
     scored = cfg if scored is None else scored
     dense = {
         "data": {k: v for k, v in _plain(cfg.data).items() if k not in NOT_DATA},
@@ -131,7 +129,7 @@ def stage_specs(
         "seed": cfg.seed,
         "selection": cfg.selection,  # the dense model kept is the selected epoch's
         "selection_fraction": cfg.selection_fraction if cfg.selection == "holdout" else None,
-        "code": code_digest(FINE_TUNE_CODE, build_model),
+        "code": code_digest(FINE_TUNE_CODE),
         "libraries": library_versions(),
     }
     # the scoring settings only matter to scores computed from data; the batch count resolved

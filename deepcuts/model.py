@@ -80,6 +80,19 @@ def load_encoder(pretrained: str | None, config: dict | None, vocab_size: int) -
     return BertModel(BertConfig(vocab_size=vocab_size, **config), add_pooling_layer=True)
 
 
+def build_model(cfg, tokenizer) -> "GlueModel":
+    """The run's model from its config. Seeded, so the same seed always gives the same initial
+    head (the rewind target)."""
+    from hydra.utils import instantiate
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    encoder = load_encoder(cfg.model.pretrained, cfg.model.get("config"), len(tokenizer))
+    return GlueModel(
+        encoder, cfg.data.task, instantiate(cfg.data.metrics), instantiate(cfg.optimizer),
+        instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+    )
+
+
 class GlueModel(pl.LightningModule):
     """BERT + task head; ``loss(batch)`` is the training objective scoring passes also use."""
 
@@ -101,6 +114,11 @@ class GlueModel(pl.LightningModule):
         self.holdout_metrics = self.val_metrics.clone(prefix="holdout/")  # selection=holdout only
         self._holdout_seen = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The transformer backbone (registered under its architecture's attribute name)."""
+        return self.bert
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         pooled = self.bert(

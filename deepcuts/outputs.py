@@ -155,7 +155,7 @@ def collect_results(
         "seed": int(cfg.seed),
         "rewind": cfg.rewind,
         "monitor": cfg.data.monitor,
-        "num_attention_heads": model.bert.config.num_attention_heads,  # for per-head mask analysis
+        "num_attention_heads": model.encoder.config.num_attention_heads,  # for per-head mask analysis
         "keep_fraction": keep_fraction,
         "kept_prunable": kept,
         "prunable_parameters": own_budget.prunable,

@@ -22,7 +22,7 @@ from deepcuts import masks as M
 from deepcuts import outputs
 from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
-from deepcuts.model import GlueModel, load_encoder, load_tokenizer
+from deepcuts.model import build_model, load_tokenizer
 from deepcuts.scoring import run_scoring, scoring_batches
 from deepcuts.store import StageCache, read_tensors, write_tensors
 from deepcuts.tracking import tracking
@@ -31,16 +31,6 @@ from deepcuts.training import check_selection, check_trainer, fine_tune
 log = logging.getLogger(__name__)
 REWIND = ("pretrained", "finetuned")
 STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
-
-
-def build_model(cfg: DictConfig, tokenizer) -> GlueModel:
-    """Seeded, so the same seed always gives the same initial head (the rewind target)."""
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    encoder = load_encoder(cfg.model.pretrained, cfg.model.get("config"), len(tokenizer))
-    return GlueModel(
-        encoder, cfg.data.task, instantiate(cfg.data.metrics), instantiate(cfg.optimizer),
-        instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-    )
 
 
 def instantiate_checked(node: DictConfig):

@@ -19,7 +19,8 @@ from deepcuts import masks as M
 from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import load_tokenizer
-from deepcuts.pipeline import build_model, run
+from deepcuts.model import build_model
+from deepcuts.pipeline import run
 from deepcuts.training import check_trainer, fine_tune
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")

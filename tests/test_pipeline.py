@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from deepcuts import budget as B
 from deepcuts.model import load_tokenizer
-from deepcuts.pipeline import build_model, run
+from deepcuts.model import build_model
+from deepcuts.pipeline import run
 
 CONTRACT = {
     "data", "model", "strategy", "ratio", "ratio_basis", "seed", "keep_fraction", "achieved_ratio",

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from deepcuts.data import GlueDataModule, holdout_indices
 from deepcuts.model import load_tokenizer
-from deepcuts.pipeline import build_model, run
+from deepcuts.model import build_model
+from deepcuts.pipeline import run
 from deepcuts.training import fine_tune
 
 
