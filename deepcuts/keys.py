@@ -21,7 +21,7 @@ from deepcuts.store import config_key, file_sha256
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
-FINE_TUNE_CODE = ("data.py", "model.py", "training.py")
+FINE_TUNE_CODE = ("data.py", "model.py", "training.py", "strategies/movement.py")  # + the trace
 SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
 RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
@@ -107,6 +107,7 @@ def stage_specs(
     scoring_batches: int,
     strategy: object,
     scored: DictConfig | None = None,
+    at: str = "finetuned",
 ) -> dict[str, dict]:
     """The spec of each cached stage: dense fine-tune, scores, finished run.
 
@@ -133,12 +134,13 @@ def stage_specs(
         "libraries": library_versions(),
     }
     # the scoring settings only matter to scores computed from data; the batch count resolved
-    scoring = {k: v for k, v in _plain(cfg.scoring).items() if k != "batches"} if scoring_batches else None
+    scoring = {k: v for k, v in _plain(cfg.scoring).items() if k not in ("batches", "at")} if scoring_batches else None
     scores = {
         "dense": dense,
         "strategy": {k: v for k, v in _plain(scored.strategy).items() if k not in ("name", "scope")},
         "scoring": scoring,
         "scoring_batches": scoring_batches,
+        "at": at,  # the state scored, resolved (scoring.at or the strategy's default)
         "prune": _plain(cfg.prune),
         "code": [code_digest(SCORING_CODE), strategy_digest(type(scorer))],
     }

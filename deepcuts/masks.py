@@ -83,6 +83,22 @@ def layer_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, t
     return masks
 
 
+def row_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """Each output row of a weight keeps ``round(fraction * columns)`` of its entries (Wanda's
+    comparison group); a 1-D tensor (a bias) is one group, as in :func:`layer_masks`. Ties are
+    kept in column order (a stable sort), so the same scores always give the same masks."""
+    masks = {}
+    for name, score in scores.items():
+        _check_finite(name, score)
+        if score.dim() != 2:
+            masks[name] = topk_mask(score, keep_count(fraction, score.numel()))
+            continue
+        k = keep_count(fraction, score.shape[1])
+        order = torch.sort(score.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+        masks[name] = torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+    return masks
+
+
 def global_masks(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
     """One threshold over all tensors; exactly ``round(fraction * total)`` entries kept (ties in
     order of position over the concatenated tensors)."""
@@ -111,7 +127,9 @@ def build_masks(
         return layer_masks(scores, fraction)
     if scope == "global":
         return global_masks(scores, fraction)
-    raise ConfigError(f"strategy scope must be 'layer' or 'global', got {scope!r}.")
+    if scope == "row":
+        return row_masks(scores, fraction)
+    raise ConfigError(f"strategy scope must be 'layer', 'row' or 'global', got {scope!r}.")
 
 
 def _split(name: str) -> tuple[str, str]:

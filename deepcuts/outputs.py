@@ -113,6 +113,15 @@ def load_dense(folder: Path, model) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
+def skipped_dense(entry: Path | None) -> dict:
+    """The dense stage of a run that did not need it (scores at the pretrained model and
+    ``rewind=pretrained``): no metrics, and the time saved, measured by the identical dense
+    fine-tune when the cache holds one (else None: nobody ran it)."""
+    done = json.loads((entry / "metrics.json").read_text()) if entry is not None else {}
+    return {"selected": {}, "last": {}, "history": [], "best_epoch": None, "skipped": True,
+            "time_saved_s": done.get("seconds")}
+
+
 def initial_state(folder: Path, pretrained: dict) -> dict:
     """The rewind target stored with a dense entry: ``pretrained`` (this process's copy of the
     checkpoint weights) with the entry's seeded tensors, checked against the entry's digest."""
@@ -136,7 +145,7 @@ def _metrics_only(epoch: dict) -> dict:
 
 def collect_results(
     cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
-    timings: dict, cache: StageCache, score_dir: Path, strategy, scorer, key: str,
+    timings: dict, cache: StageCache, score_dir: Path, strategy, scorer, key: str, scoring_at: str,
 ) -> dict:
     total = B.count_parameters(model)
     nonzero = B.count_nonzero(model)
@@ -156,6 +165,7 @@ def collect_results(
         "rewind": cfg.rewind,
         "monitor": cfg.data.monitor,
         "num_attention_heads": model.encoder.config.num_attention_heads,  # for per-head mask analysis
+        "layout": getattr(model, "layout", None),  # the per-layer module names (per-head analysis)
         "keep_fraction": keep_fraction,
         "kept_prunable": kept,
         "prunable_parameters": own_budget.prunable,
@@ -173,7 +183,10 @@ def collect_results(
         "history": {"dense": dense["history"], "pruned": pruned["history"]},
         "epochs_dense": cfg.epochs_dense,
         "epochs_final": cfg.epochs_final,
-        "scoring_batches": meta.get("batches"),
+        "scoring_batches": meta.get("batches"),  # optimiser steps for movement (traced in training)
+        "scoring_at": scoring_at,
+        "dense_skipped": bool(dense.get("skipped")),
+        "time_saved_s": dense.get("time_saved_s"),  # skipped dense: the identical cached run's time
         "timings_s": timings,
         "machine": machine(),
         "cache": {"hits": list(cache.hits), "builds": list(cache.builds)},
@@ -192,12 +205,16 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def _score_meta(score_dir: Path) -> dict:
+def tensor_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header."""
     from safetensors import safe_open
 
-    with safe_open(str(score_dir / "scores.safetensors"), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return {k: int(v) for k, v in meta.items()}
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def _score_meta(score_dir: Path) -> dict:
+    return {k: int(v) for k, v in tensor_metadata(score_dir / "scores.safetensors").items()}
 
 
 def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig) -> None:

@@ -23,7 +23,8 @@ from deepcuts import outputs
 from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import build_model, load_tokenizer
-from deepcuts.scoring import run_scoring, scoring_batches
+from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
+from deepcuts.strategies.movement import TRACE, MovementTrace
 from deepcuts.store import StageCache, read_tensors, write_tensors
 from deepcuts.tracking import tracking
 from deepcuts.training import check_selection, check_trainer, fine_tune
@@ -97,8 +98,10 @@ def run(cfg: DictConfig) -> dict:
     data.setup()
     loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
     n_batches = scoring_batches(scorer, cfg.scoring.batches, loader)
+    at = scoring_state(cfg.scoring.get("at"), scorer)
+    skip_dense = at == "pretrained" and cfg.rewind == "pretrained"  # nothing needs the dense model
     digest = K.state_digest(initial)
-    specs = K.stage_specs(cfg, digest, scorer, n_batches, strategy, scored)
+    specs = K.stage_specs(cfg, digest, scorer, n_batches, strategy, scored, at)
     key = K.run_key(specs)
     if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
         if outputs.is_complete(out, key, cfg.save_model):
@@ -110,36 +113,48 @@ def run(cfg: DictConfig) -> dict:
     timings["setup"] = time.perf_counter() - t0
 
     with tracking(cfg, out) as tracker:
-        # 1. Dense fine-tune (shared by every strategy and ratio); the entry keeps its start.
+        # 1. Dense fine-tune (shared by every strategy and ratio); the entry keeps its start and
+        #    the movement trace of its optimiser steps. Skipped when nothing needs it.
         t = time.perf_counter()
         seeded = {k: v for k, v in initial.items() if not cfg.model.pretrained or k.startswith("head.")}
-        dense_dir = cache.get_or_build(
-            "dense", specs["dense"],
-            lambda d: outputs.save_dense(d, model, fine_tune(  # seeded inside: cfg.seed
-                model, data, cfg, cfg.epochs_dense, out, "dense",
-                loggers=tracker.loggers("dense", use_wandb=False),
-            ), seeded, digest),
-            work=out / "dense",
-        )
-        dense = outputs.load_dense(dense_dir, model)
+
+        def dense_stage(d: Path) -> None:
+            trace = MovementTrace(list(prunable), d / TRACE)
+            result = fine_tune(model, data, cfg, cfg.epochs_dense, out, "dense",  # seeded inside
+                               loggers=tracker.loggers("dense", use_wandb=False), callbacks=[trace])
+            outputs.save_dense(d, model, result, seeded, digest)
+
+        if skip_dense:
+            dense_dir, dense = None, outputs.skipped_dense(cache.lookup("dense", specs["dense"]))
+        else:
+            dense_dir = cache.get_or_build("dense", specs["dense"], dense_stage, work=out / "dense")
+            dense = outputs.load_dense(dense_dir, model)
         timings["dense"] = time.perf_counter() - t
 
-        # 2. Scores (shared by every ratio and by the layer/global variants of a strategy).
+        # 2. Scores (shared by every ratio and by the layer/global variants of a strategy), at the
+        #    fine-tuned model, at the initial one (scoring.at=pretrained), or traced while training.
         t = time.perf_counter()
-        score_dir = cache.get_or_build(
-            "scores", specs["scores"],
-            lambda d: write_tensors(d / "scores.safetensors", run_scoring(
-                model, prunable, scorer, loader, n_batches, cfg.scoring.dropout,
-                trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1},
-            ), metadata={"batches": str(scorer.batches_seen)}),
-            work=out / "scores",
-        )
+
+        def score_stage(d: Path) -> None:
+            if scorer.from_dense:
+                scores, meta = read_tensors(dense_dir / TRACE), outputs.tensor_metadata(dense_dir / TRACE)
+            else:
+                if at == "pretrained" and dense_dir is not None:
+                    model.load_state_dict(outputs.initial_state(dense_dir, initial))
+                scores = run_scoring(model, prunable, scorer, loader, n_batches, cfg.scoring.dropout,
+                                     trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
+                meta = {"batches": str(scorer.batches_seen)}
+                if at == "pretrained" and dense_dir is not None:
+                    outputs.load_dense(dense_dir, model)
+            write_tensors(d / "scores.safetensors", scores, metadata=meta)
+
+        score_dir = cache.get_or_build("scores", specs["scores"], score_stage, work=out / "scores")
         scores = read_tensors(score_dir / "scores.safetensors")
         timings["scoring"] = time.perf_counter() - t
 
         # 3. Masks, 4. rewind to the dense entry's own initial state, then attach the masks.
         masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
-        if cfg.rewind == "pretrained":
+        if cfg.rewind == "pretrained" and dense_dir is not None:  # skipped dense: still initial
             model.load_state_dict(outputs.initial_state(dense_dir, initial))
         M.apply_masks(model, masks)
 
@@ -156,7 +171,7 @@ def run(cfg: DictConfig) -> dict:
         final_masks = M.current_masks(model)
         results = outputs.collect_results(
             cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir,
-            strategy, scorer, key,
+            strategy, scorer, key, at,
         )
         outputs.write_run(out, results, final_masks, model, cfg)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job

@@ -20,16 +20,19 @@ from torch.utils.data import DataLoader
 
 from deepcuts.errors import ConfigError
 from deepcuts.strategies import Strategy
+from deepcuts.strategies.base import AT
 
 log = logging.getLogger(__name__)
 
 
 class ScoringPass(pl.LightningModule):
-    """``passes`` forward/backward passes per batch, gradients summed in ``.grad``."""
+    """``strategy.passes`` passes per batch, each in ``strategy.pass_context``: forward/backward
+    with the gradients summed in ``.grad``, or forward only for ``needs_grad = False``."""
 
-    def __init__(self, model: nn.Module, prunable: dict[str, nn.Parameter], passes: int, dropout: bool) -> None:
+    def __init__(self, model: nn.Module, prunable: dict[str, nn.Parameter], strategy: Strategy, dropout: bool) -> None:
         super().__init__()
-        self.model, self.prunable, self.passes, self.dropout = model, prunable, passes, dropout
+        self.model, self.prunable, self.dropout = model, prunable, dropout
+        self.passes, self.needs_grad, self.pass_context = strategy.passes, strategy.needs_grad, strategy.pass_context
         self.automatic_optimization = False
 
     def on_train_epoch_start(self) -> None:
@@ -37,14 +40,16 @@ class ScoringPass(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.model.zero_grad(set_to_none=True)
-        for _ in range(self.passes):
-            loss = self.model.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"scoring: the loss is {loss.item()} on scoring batch {batch_idx}; the dense "
-                    "model has diverged, so no scores can be computed."
-                )
-            self.manual_backward(loss)
+        for k in range(self.passes):
+            with self.pass_context(self.prunable, k), torch.set_grad_enabled(self.needs_grad):
+                loss = self.model.loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"scoring: the loss is {loss.item()} on scoring batch {batch_idx}; the dense "
+                        "model has diverged, so no scores can be computed."
+                    )
+                if self.needs_grad:
+                    self.manual_backward(loss)
 
     def configure_optimizers(self):
         return None
@@ -77,7 +82,7 @@ def preserved_state(model: nn.Module, prunable: dict[str, nn.Parameter]) -> Iter
 def scoring_batches(strategy: Strategy, batches: int | None, loader: DataLoader | None) -> int:
     """The batches a scoring pass will see: ``batches`` (None: the strategy's default), capped at
     one pass over ``loader``; 0 for strategies that need no data."""
-    if not strategy.needs_data:
+    if not strategy.needs_data or strategy.from_dense:
         return 0
     n = strategy.default_batches if batches is None else int(batches)
     if n <= 0:
@@ -99,7 +104,8 @@ def run_scoring(
     if not strategy.needs_data:
         return strategy.data_free_scores(prunable)
     n = scoring_batches(strategy, batches, loader)
-    log.info("scoring %s: %d batches x %d passes", strategy.name, n, strategy.passes)
+    log.info("scoring %s: %d batches x %d %s passes", strategy.name, n, strategy.passes,
+             "forward/backward" if strategy.needs_grad else "forward-only")
     kwargs = dict(
         max_epochs=1,
         limit_train_batches=n,
@@ -112,5 +118,15 @@ def run_scoring(
     )
     kwargs.update(trainer_kwargs or {})
     with preserved_state(model, prunable):
-        pl.Trainer(**kwargs).fit(ScoringPass(model, prunable, strategy.passes, dropout), train_dataloaders=loader)
+        pl.Trainer(**kwargs).fit(ScoringPass(model, prunable, strategy, dropout), train_dataloaders=loader)
     return strategy.scores
+
+
+def scoring_state(cfg_at: str | None, strategy: Strategy) -> str:
+    """The model state scored: ``scoring.at`` when set, else the strategy's own (SNIP: pretrained)."""
+    at = strategy.at if cfg_at is None else cfg_at
+    if at not in AT:
+        raise ConfigError(f"scoring.at must be one of {AT} (or null: the strategy's default), got {at!r}.")
+    if at == "pretrained" and strategy.from_dense:
+        raise ConfigError(f"strategy {strategy.name!r} is traced during the dense fine-tune; it cannot be scored at the pretrained state (scoring.at=null).")
+    return at

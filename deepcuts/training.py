@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -113,6 +114,7 @@ def fine_tune(
     stage: str,
     loggers: list[Logger] | None = None,
     selection: str | None = None,
+    callbacks: list[pl.Callback] = (),
 ) -> dict:
     """Train ``epochs`` epochs (0: evaluate only) and keep one epoch by the ``selection`` rule
     (default ``cfg.selection``): ``last`` keeps the last epoch (nothing selected); ``holdout``
@@ -129,7 +131,7 @@ def fine_tune(
     ckpt_dir = folder / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tracker = EpochMetrics(ckpt_dir / "history.json")
-    callbacks: list[pl.Callback] = [tracker]
+    callbacks = [tracker, *callbacks]
     checkpoint = None
     if selection != "last" and epochs > 0:
         checkpoint = ModelCheckpoint(
@@ -147,6 +149,7 @@ def fine_tune(
     # before it ran in this process or came from the cache (or a killed job's completed stages).
     pl.seed_everything(cfg.seed + PHASE_SEED_OFFSET[stage], workers=True, verbose=False)
     detach_masked_views(model)  # picklable, for strategy=ddp_spawn
+    start = time.perf_counter()
     if epochs > 0:
         # Lightning keeps each submodule's train/eval mode as it finds it, and transformers'
         # from_pretrained returns eval mode: without this, fine-tuning would run without dropout.
@@ -173,4 +176,4 @@ def fine_tune(
             )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch,
-            "selection": selection}
+            "selection": selection, "seconds": time.perf_counter() - start}

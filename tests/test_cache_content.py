@@ -91,7 +91,7 @@ def test_rewind_restores_the_dense_entrys_own_initial_state(make_cfg, tmp_path, 
     head = load_file(str(tmp_path / "r2" / "pruned_model" / "head.safetensors"))
     torch.testing.assert_close(head["weight"], stored["head.weight"], rtol=0, atol=0)
 
-    import deepcuts.pipeline as P
+    import deepcuts.model as P
 
     original = P.GlueModel.__init__
 

@@ -28,7 +28,7 @@ def test_every_strategy_instantiates_with_its_name_and_scope(name):
     assert isinstance(strategy, Strategy)
     # a control names what it shuffles (shuffled_<of>), so reports can tell controls apart
     assert strategy.name == (f"shuffled_{cfg.strategy.of}" if name == "shuffled" else name)
-    assert strategy.scope == ("global" if name.startswith("global_") else "layer")
+    assert strategy.scope == ("global" if name.startswith("global_") else "row" if name == "wanda" else "layer")
 
 
 def test_the_paper_strategies_exist():

@@ -55,7 +55,7 @@ def test_bad_fraction_and_scope():
     with pytest.raises(ConfigError, match=r"\(0, 1\]"):
         M.layer_masks({"w": torch.ones(4)}, 0.0)
     with pytest.raises(ConfigError, match="scope"):
-        M.build_masks({"w": torch.ones(4)}, 0.5, "row")
+        M.build_masks({"w": torch.ones(4)}, 0.5, "rows")
 
 
 def _net():

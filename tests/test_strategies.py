@@ -231,7 +231,7 @@ def test_smoothgrad_bad_settings(kwargs, msg):
 
 def test_bad_scope_accumulate_and_batches():
     with pytest.raises(ConfigError, match="scope"):
-        S.MagnitudeGrad("g", scope="row")
+        S.MagnitudeGrad("g", scope="rows")
     with pytest.raises(ConfigError, match="accumulate"):
         S.MagnitudeGrad("g", accumulate="mean")
     with pytest.raises(ConfigError, match="scoring.batches"):

@@ -4,8 +4,12 @@ YAML in ``conf/strategy``; ``scope`` (layer / global) is set in the YAML, not in
 from deepcuts.strategies.base import Strategy
 from deepcuts.strategies.controls import Shuffled
 from deepcuts.strategies.gradcam import GradCAM, GradCAMShift
+from deepcuts.strategies.integrated import IntegratedGradients
 from deepcuts.strategies.magnitude import MagnitudeGrad, MagnitudeWeight, RandomScore
+from deepcuts.strategies.movement import Movement
+from deepcuts.strategies.saliency import FisherOBD, Snip, Taylor
 from deepcuts.strategies.smoothgrad import SmoothGrad, SmoothGradCAM, SmoothGradCAMShift
+from deepcuts.strategies.wanda import Wanda
 
 __all__ = [
     "Strategy",
@@ -18,4 +22,10 @@ __all__ = [
     "SmoothGrad",
     "SmoothGradCAM",
     "SmoothGradCAMShift",
+    "Snip",
+    "Taylor",
+    "FisherOBD",
+    "Wanda",
+    "IntegratedGradients",
+    "Movement",
 ]
