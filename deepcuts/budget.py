@@ -8,7 +8,10 @@ fraction ``f`` of the prunable ones gives ``c = T / (N + f P)``, i.e. ``f = (T /
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +21,38 @@ from deepcuts.errors import ConfigError
 # bert-base-uncased with a 2-way head: the counts the paper's ratios refer to.
 BERT_BASE_TOTAL = 109_483_778
 BERT_BASE_PRUNABLE = 85_608_192
+MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+# The published config.json values of each reference checkpoint (the hub model its model YAML
+# names), as far as they change parameter counts. With the model YAML of the same name (arch,
+# backbone, pooling, prunable) they give a ratio basis: see reference_budget.
+REFERENCE_CONFIGS = {
+    "bert_base": {  # google-bert/bert-base-uncased
+        "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2,
+    },
+    "roberta_base": {  # FacebookAI/roberta-base
+        "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "max_position_embeddings": 514, "type_vocab_size": 1,
+        "pad_token_id": 1, "layer_norm_eps": 1e-5,
+    },
+    "distilbert_base": {  # distilbert/distilbert-base-uncased
+        "vocab_size": 30522, "dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072,
+        "max_position_embeddings": 512, "sinusoidal_pos_embds": False,
+    },
+    "electra_base": {  # google/electra-base-discriminator
+        "vocab_size": 30522, "embedding_size": 768, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+    },
+    "deberta_v3_base": {  # microsoft/deberta-v3-base
+        "vocab_size": 128100, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 0,
+        "relative_attention": True, "position_buckets": 256, "max_relative_positions": -1,
+        "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": "p2c|c2p",
+        "position_biased_input": False, "layer_norm_eps": 1e-7,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -56,7 +91,45 @@ class Budget:
         return min(f, 1.0)
 
 
-BASES = {"bert_base": Budget(BERT_BASE_TOTAL, BERT_BASE_PRUNABLE)}
+@cache
+def reference_budget(name: str, num_labels: int = 2) -> Budget:
+    """The counts of reference model ``name`` with a ``num_labels``-way head: its published config
+    (``REFERENCE_CONFIGS``) built on the meta device (shapes only, no weights), wrapped like
+    GlueModel (the encoder under the YAML's ``backbone``, a pooler only for ``pooling: pooler``),
+    prunable = the Linears matching the model YAML ``conf/model/<name>.yaml``'s ``prunable``."""
+    import yaml
+
+    from deepcuts.model import random_encoder
+
+    spec = yaml.safe_load((MODEL_CONF / f"{name}.yaml").read_text())
+    with torch.device("meta"):
+        wrapper = nn.Module()
+        encoder = random_encoder(spec["arch"], REFERENCE_CONFIGS[name], spec["pooling"])
+        setattr(wrapper, spec["backbone"], encoder)
+        wrapper.head = nn.Linear(encoder.config.hidden_size, num_labels)
+    return model_budget(wrapper, prunable_parameters(wrapper, spec["prunable"]))
+
+
+class Bases(Mapping):
+    """The named ratio bases: ``bert_base`` (the paper's literal counts) and the other reference
+    models, each computed by :func:`reference_budget` on first use (nothing at import)."""
+
+    def __getitem__(self, name: str) -> Budget:
+        if name == "bert_base":
+            return _BERT_BASE
+        if name not in REFERENCE_CONFIGS:
+            raise KeyError(name)
+        return reference_budget(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REFERENCE_CONFIGS)
+
+    def __len__(self) -> int:
+        return len(REFERENCE_CONFIGS)
+
+
+_BERT_BASE = Budget(BERT_BASE_TOTAL, BERT_BASE_PRUNABLE)
+BASES = Bases()
 
 
 def prunable_parameters(

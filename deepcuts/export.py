@@ -1,4 +1,11 @@
-"""Take a pruned model away: a plain transformers folder with the masks folded in."""
+"""Take a pruned model away: a plain transformers folder with the masks folded in.
+
+The folder holds the encoder (``config.json`` + weights: ``AutoModel.from_pretrained(folder)``
+loads it without DeepCuts, whatever the architecture), ``head.safetensors`` (the task head's
+``weight`` and ``bias``), ``task.json`` (the task: type, labels or score range) and ``head.json``
+(how the head reads the encoder: ``arch``, ``backbone``, ``pooling``, ``inputs``, ``layout``).
+:func:`load_exported` puts the three together again.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +13,65 @@ import copy
 import json
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from deepcuts.masks import remove_masks
-from deepcuts.store import write_tensors
+from deepcuts.store import read_tensors, write_tensors
+
+HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE = "head.safetensors", "task.json", "head.json"
 
 
 def export_pruned(model, folder: Path) -> Path:
     """Write the encoder with ``prune.remove`` applied (pruned weights stored as exact zeros),
-    loadable by ``BertModel.from_pretrained(folder)`` without DeepCuts, plus the task head."""
+    loadable by ``AutoModel.from_pretrained(folder)`` without DeepCuts, plus the task head and
+    what is needed to apply it (:data:`HEAD_SPEC_FILE`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clone = copy.deepcopy(model).cpu()
     remove_masks(clone)
     clone.encoder.save_pretrained(folder)
-    write_tensors(folder / "head.safetensors", clone.head.state_dict())
-    (folder / "task.json").write_text(json.dumps(dict(model.task), indent=2))
+    write_tensors(folder / HEAD_FILE, clone.head.state_dict())
+    (folder / TASK_FILE).write_text(json.dumps(dict(model.task), indent=2))
+    spec = {"arch": model.arch, "backbone": model.backbone, "pooling": model.pooling,
+            "inputs": list(model.inputs), "layout": dict(model.layout)}
+    (folder / HEAD_SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return folder
+
+
+class ExportedModel(nn.Module):
+    """An exported encoder + head: ``forward`` gives what the GlueModel gave (class logits, or the
+    regression score in the task's range)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, task: dict, spec: dict) -> None:
+        super().__init__()
+        self.encoder, self.head, self.task, self.spec = encoder, head, dict(task), dict(spec)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        from deepcuts.model import pool, task_output
+
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        output = self.encoder(**{k: given[k] for k in self.spec["inputs"] if given[k] is not None})
+        return task_output(self.head(pool(output, attention_mask, self.spec["pooling"])), self.task)
+
+
+def load_exported(folder: Path) -> ExportedModel:
+    """An export folder back as a model, in eval mode. A folder written before ``head.json``
+    existed is a BERT with its pooler (the only architecture then)."""
+    from transformers import AutoConfig, AutoModel
+
+    from deepcuts.model import model_class_for, pooler_kwargs
+
+    folder = Path(folder)
+    spec_file = folder / HEAD_SPEC_FILE
+    spec = (json.loads(spec_file.read_text()) if spec_file.is_file() else
+            {"arch": "bert", "backbone": "bert", "pooling": "pooler",
+             "inputs": ["input_ids", "attention_mask", "token_type_ids"]})
+    config = AutoConfig.from_pretrained(folder)
+    encoder = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32,
+                                        **pooler_kwargs(model_class_for(config), spec["pooling"]))
+    state = read_tensors(folder / HEAD_FILE)
+    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    head.load_state_dict(state)
+    task = json.loads((folder / TASK_FILE).read_text())
+    return ExportedModel(encoder, head, task, spec).eval()

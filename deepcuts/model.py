@@ -1,14 +1,32 @@
-"""BERT encoder + task head as a LightningModule, with torchmetrics for every GLUE metric.
+"""Any Hugging Face encoder + task head as a LightningModule, with torchmetrics for every GLUE metric.
 
-Classification: ``pooler_output -> Linear(hidden, num_labels)``, cross-entropy.
+The model YAML (``conf/model/*.yaml``) declares what differs per architecture:
+
+* ``arch``: the transformers ``model_type`` (bert, roberta, distilbert, electra, deberta-v2). A
+  random encoder is ``AutoModel.from_config(AutoConfig.for_model(arch, vocab_size=len(tokenizer),
+  **config))``; a pretrained one ``AutoModel.from_pretrained`` of a checkpoint of that type.
+* ``backbone``: the attribute the encoder is registered under, so parameter names follow the
+  transformers conventions (``bert.encoder.layer.0...``, ``distilbert.transformer.layer.0...``).
+* ``pooling``: ``pooler`` (the encoder's ``pooler_output``), ``first`` (the first token's hidden
+  state) or ``mean`` (mean over the real tokens). A pooler is built only for ``pooling: pooler``.
+* ``inputs``: the encoder's inputs; null means the tokenizer's ``model_input_names``. Either way
+  restricted to what the encoder's ``forward`` takes (DistilBERT takes no ``token_type_ids``).
+* ``layout``: the layer list and the per-layer Linears (query, key, value, attention output, FFN
+  in, FFN out), for per-head analysis; ``GlueModel.layout``.
+* ``prunable``: the prunable-set patterns (``prune.include``).
+
+Classification: ``pooled -> Linear(hidden, num_labels)``, cross-entropy.
 Regression (STS-B): ``min + (max - min) * sigmoid(Linear(hidden, 1))`` -- the paper's ``5 sigmoid``
 for the range [0, 5] -- with mean squared error.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +35,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric, MetricCollection
-from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from deepcuts.errors import ConfigError
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spm.model", "vocab.json")
+MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+
+POOLINGS = ("pooler", "first", "mean")
+LAYOUT_KEYS = ("layers", "query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a GLUE batch can hold
+REQUIRED_INPUTS = ("input_ids", "attention_mask")  # mean pooling and CAM means need the mask
+# Checkpoint weights that belong to a pretraining or task head, never to the encoder: a checkpoint
+# may carry them (``unexpected`` when loading the bare encoder) without anything being wrong.
+# Shell-style patterns on the key without the base-model prefix (``cls.predictions.bias``).
+HEAD_KEYS = (
+    "cls.*",                        # BERT: MLM + next-sentence heads
+    "lm_head.*",                    # RoBERTa MLM head
+    "lm_predictions.*",             # DeBERTa-v3 MLM head
+    "mask_predictions.*",           # DeBERTa-v3 replaced-token-detection head
+    "discriminator_predictions.*",  # ELECTRA discriminator head
+    "generator_*",                  # ELECTRA generator (generator_predictions, generator_lm_head)
+    "vocab_*",                      # DistilBERT MLM head (vocab_transform, _layer_norm, _projector)
+    "pre_classifier.*",             # DistilBERT classification head
+    "classifier.*",                 # *ForSequenceClassification / *ForTokenClassification
+    "qa_outputs.*",                 # *ForQuestionAnswering
+)
+POOLER_KEYS = ("pooler.*",)  # a pooler's weights: only missing/unused if pooling != pooler
 
 
 def resolve_path(spec: str) -> str:
@@ -67,45 +108,329 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     return _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer")
 
 
-def load_encoder(pretrained: str | None, config: dict | None, vocab_size: int) -> BertModel:
-    """A pretrained BERT (float32), or a randomly initialised one from ``config`` (tests)."""
-    if pretrained:
-        path = resolve_path(pretrained)
-        _check_folder(path, WEIGHT_FILES, "weights")
-        return _from_pretrained(
-            BertModel.from_pretrained, path, "model", dtype=torch.float32, add_pooling_layer=True
+# -- the model YAML ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture keys of a model YAML, checked. ``name`` is the YAML's (``model=NAME``)."""
+
+    name: str
+    arch: str
+    backbone: str
+    pooling: str
+    layout: dict
+    pretrained: str | None = None
+    config: dict | None = None
+    inputs: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_cfg(cls, model_cfg) -> ModelSpec:
+        """Read ``cfg.model``; a missing or bad key fails naming the YAML and the fix."""
+        from omegaconf import DictConfig, OmegaConf
+
+        plain = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+        name = plain.get("name", "?")
+        where = f"conf/model/{name}.yaml (model={name})"
+        for key in ("arch", "backbone", "pooling", "layout"):
+            if not plain.get(key):
+                raise ConfigError(
+                    f"{where} has no `{key}`. Every model YAML declares arch, backbone, pooling and "
+                    "layout; see conf/model/bert_base.yaml or roberta_base.yaml for their meaning."
+                )
+        spec = cls(
+            name=name, arch=str(plain["arch"]), backbone=str(plain["backbone"]), pooling=str(plain["pooling"]),
+            layout=dict(plain["layout"]), pretrained=plain.get("pretrained"), config=plain.get("config"),
+            inputs=tuple(plain["inputs"]) if plain.get("inputs") else None,
         )
-    if not config:
-        raise ConfigError("a model needs either model.pretrained or model.config.")
-    return BertModel(BertConfig(vocab_size=vocab_size, **config), add_pooling_layer=True)
+        spec.check(where)
+        return spec
+
+    def check(self, where: str) -> None:
+        """Known arch, pooling and input names; a layout with every key under the backbone."""
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if self.arch not in CONFIG_MAPPING:
+            raise ConfigError(
+                f"{where}: arch={self.arch!r} is not a transformers model_type (e.g. bert, roberta, "
+                "distilbert, electra, deberta-v2; it is the model_type in a checkpoint's config.json)."
+            )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"{where}: pooling={self.pooling!r} is unknown; use one of {POOLINGS}.")
+        check_backbone(self.backbone, where)
+        missing = [k for k in LAYOUT_KEYS if not self.layout.get(k)]
+        if missing:
+            raise ConfigError(f"{where}: layout lacks {missing}; it needs {list(LAYOUT_KEYS)}.")
+        if not str(self.layout["layers"]).startswith(f"{self.backbone}."):
+            raise ConfigError(
+                f"{where}: layout.layers={self.layout['layers']!r} must start with the backbone "
+                f"'{self.backbone}.' (it is a module name of the whole model)."
+            )
+        unknown = [i for i in self.inputs or () if i not in ENCODER_INPUTS]
+        absent = [i for i in REQUIRED_INPUTS if self.inputs and i not in self.inputs]
+        if unknown or absent:
+            raise ConfigError(
+                f"{where}: inputs={list(self.inputs)} must name only {list(ENCODER_INPUTS)} and "
+                f"include {list(REQUIRED_INPUTS)} (or be null: the tokenizer's model_input_names)."
+            )
 
 
-def build_model(cfg, tokenizer) -> "GlueModel":
+def check_backbone(name: str, where: str = "model") -> None:
+    """A backbone is a plain attribute name that GlueModel does not already use."""
+    if not name.isidentifier() or name in GlueModel.RESERVED or hasattr(GlueModel, name):
+        raise ConfigError(
+            f"{where}: backbone={name!r} must be a free attribute name such as bert or roberta "
+            "(the first part of the encoder's parameter names)."
+        )
+
+
+def yamls_for_arch(arch: str) -> list[str]:
+    """The model YAMLs in conf/model that declare ``arch`` (pretrained ones first)."""
+    import yaml
+
+    found = []
+    for path in sorted(MODEL_CONF.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if data.get("arch") == arch:
+            found.append((data.get("pretrained") is None, path.stem))
+    return [stem for _, stem in sorted(found)]
+
+
+# -- building the encoder --------------------------------------------------------------------
+
+
+def pooler_kwargs(model_class: type, pooling: str) -> dict:
+    """``add_pooling_layer=(pooling == "pooler")`` for classes that take it (BERT, RoBERTa);
+    nothing for those that never build a pooler (DistilBERT, ELECTRA, DeBERTa-v2). An unused
+    pooler would get no gradient, and a scoring pass over it would fail."""
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": pooling == "pooler"}
+    return {}
+
+
+def check_pooler(encoder: nn.Module, spec: ModelSpec) -> None:
+    """``pooling: pooler`` needs a pooler; any other pooling must leave none (it would be dead)."""
+    pooler = getattr(encoder, "pooler", None)
+    if spec.pooling == "pooler" and pooler is None:
+        raise ConfigError(
+            f"model={spec.name}: pooling=pooler but a {spec.arch} encoder has no pooler; use "
+            "pooling: first or pooling: mean."
+        )
+    if spec.pooling != "pooler" and pooler is not None and any(True for _ in pooler.parameters()):
+        raise ConfigError(
+            f"model={spec.name}: pooling={spec.pooling} but the {spec.arch} encoder built a pooler "
+            "that would get no gradient; use pooling: pooler."
+        )
+
+
+def random_encoder(arch: str, config: dict, pooling: str) -> PreTrainedModel:
+    """``AutoModel.from_config(AutoConfig.for_model(arch, **config))``, a pooler only when used."""
+    model_config = AutoConfig.for_model(arch, **config)
+    return AutoModel.from_config(model_config, **pooler_kwargs(model_class_for(model_config), pooling))
+
+
+def model_class_for(model_config) -> type:
+    return AutoModel._model_mapping[type(model_config)]
+
+
+def check_pad_token(model_config, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec) -> None:
+    """A random encoder's pad id must be the tokenizer's (RoBERTa counts positions from it)."""
+    want = tokenizer.pad_token_id
+    have = getattr(model_config, "pad_token_id", None)
+    if want is not None and have is not None and have != want:
+        raise ConfigError(
+            f"model={spec.name}: the {spec.arch} config has pad_token_id={have} but the tokenizer "
+            f"pads with id {want}; set model.config.pad_token_id={want} in the YAML."
+        )
+
+
+def checkpoint_config(path: str):
+    """A checkpoint's config.json (its ``model_type`` says the architecture)."""
+    try:
+        return _from_pretrained(AutoConfig.from_pretrained, path, "model config")
+    except ValueError as err:  # a config.json without a known model_type
+        raise ConfigError(f"the config.json of {path!r} names no known architecture: {err}") from err
+
+
+def check_arch(found: str, spec: ModelSpec) -> None:
+    """A checkpoint (of ``model_type`` ``found``) must be of the YAML's ``arch``; else fail naming
+    both and the model YAML to use instead."""
+    if found == spec.arch:
+        return
+    names = yamls_for_arch(found)
+    use = (f"use model={names[0]} (arch: {found})" if names else
+           f"add a model YAML with arch: {found} (see conf/model/roberta_base.yaml for the keys)")
+    raise ConfigError(
+        f"model.pretrained={spec.pretrained!r} is a {found!r} checkpoint (config.json model_type), "
+        f"but model={spec.name} declares arch: {spec.arch}. For this checkpoint, {use} with "
+        f"model.pretrained={spec.pretrained}; or point model.pretrained to a {spec.arch} checkpoint."
+    )
+
+
+def unexplained_keys(info: dict, prefix: str, pooling: str) -> dict[str, list[str]]:
+    """Missing, unexpected and shape-mismatched keys of a load that are not allowed.
+
+    Rule: every encoder weight must come from the checkpoint and every checkpoint weight must be
+    used, except (1) weights of a pretraining or task head (``HEAD_KEYS``) may be unused and (2)
+    with ``pooling`` other than ``pooler``, the pooler may be absent or unused. Keys are compared
+    without the base-model prefix (``bert.``)."""
+
+    def bare(key: str) -> str:
+        return key[len(prefix) + 1:] if prefix and key.startswith(f"{prefix}.") else key
+
+    def matches(key: str, patterns) -> bool:
+        return any(fnmatch.fnmatchcase(bare(key), p) for p in patterns)
+
+    pooler = POOLER_KEYS if pooling != "pooler" else ()
+    return {
+        "missing": sorted(k for k in info.get("missing_keys", ()) if not matches(k, pooler)),
+        "unexpected": sorted(k for k in info.get("unexpected_keys", ()) if not matches(k, (*HEAD_KEYS, *pooler))),
+        "mismatched": sorted(str(k) for k in info.get("mismatched_keys", ())),
+    }
+
+
+def check_loading(info: dict, prefix: str, spec: ModelSpec, path: str) -> None:
+    """Fail when :func:`unexplained_keys` finds any: the encoder would be partly random."""
+    bad = {kind: keys for kind, keys in unexplained_keys(info, prefix, spec.pooling).items() if keys}
+    if not bad:
+        return
+    listed = "; ".join(f"{kind}: {', '.join(keys[:8])}" + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+                       for kind, keys in bad.items())
+    raise ConfigError(
+        f"the checkpoint {path!r} does not match a {spec.arch} encoder of model={spec.name} "
+        f"(pooling={spec.pooling}): {listed}. Missing weights would be random and unexpected ones "
+        "unused. Use a complete checkpoint of this architecture, or a model YAML whose arch and "
+        "pooling fit it (a checkpoint without a pooler needs pooling: first or mean)."
+    )
+
+
+def load_pretrained(spec: ModelSpec) -> PreTrainedModel:
+    """A pretrained encoder (float32), checked: right architecture, every weight accounted for."""
+    path = resolve_path(spec.pretrained)
+    _check_folder(path, WEIGHT_FILES, "weights")
+    model_config = checkpoint_config(path)
+    check_arch(model_config.model_type, spec)
+    encoder, info = _from_pretrained(
+        AutoModel.from_pretrained, path, "model", config=model_config, dtype=torch.float32,
+        output_loading_info=True, **pooler_kwargs(model_class_for(model_config), spec.pooling),
+    )
+    check_loading(info, encoder.base_model_prefix, spec, path)
+    return encoder
+
+
+def load_encoder(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A pretrained encoder, or a randomly initialised one from ``spec.config`` (tests)."""
+    if spec.pretrained:
+        encoder = load_pretrained(spec)
+    elif spec.config:
+        encoder = random_encoder(spec.arch, {"vocab_size": len(tokenizer), **spec.config}, spec.pooling)
+        check_pad_token(encoder.config, tokenizer, spec)
+    else:
+        raise ConfigError(f"model={spec.name} needs either model.pretrained or model.config.")
+    check_pooler(encoder, spec)
+    return encoder
+
+
+def encoder_inputs(encoder: nn.Module, wanted) -> tuple[str, ...]:
+    """``wanted`` (the YAML's inputs, else the tokenizer's model_input_names) in
+    ``ENCODER_INPUTS`` order, restricted to the named parameters of the encoder's ``forward``."""
+    accepted = inspect.signature(encoder.forward).parameters
+    return tuple(name for name in ENCODER_INPUTS if name in wanted and name in accepted)
+
+
+def build_model(cfg, tokenizer) -> GlueModel:
     """The run's model from its config. Seeded, so the same seed always gives the same initial
     head (the rewind target)."""
     from hydra.utils import instantiate
 
+    spec = ModelSpec.from_cfg(cfg.model)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    encoder = load_encoder(cfg.model.pretrained, cfg.model.get("config"), len(tokenizer))
+    encoder = load_encoder(spec, tokenizer)
+    inputs = encoder_inputs(encoder, spec.inputs or (*tokenizer.model_input_names, *REQUIRED_INPUTS))
     return GlueModel(
         encoder, cfg.data.task, instantiate(cfg.data.metrics), instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        backbone=spec.backbone, pooling=spec.pooling, inputs=inputs, layout=spec.layout,
     )
 
 
+# -- the LightningModule ---------------------------------------------------------------------
+
+BERT_LAYOUT = {
+    "layers": "bert.encoder.layer", "query": "attention.self.query", "key": "attention.self.key",
+    "value": "attention.self.value", "attn_out": "attention.output.dense",
+    "ffn_in": "intermediate.dense", "ffn_out": "output.dense",
+}
+
+
+def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per sequence: ``pooler_output``; the first token's last hidden state; or the
+    mean of the last hidden states over the real tokens (``attention_mask`` weighted)."""
+    if pooling == "pooler":
+        return output.pooler_output
+    hidden = output.last_hidden_state
+    if pooling == "first":
+        return hidden[:, 0]
+    weight = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+
+def task_output(logits: torch.Tensor, task: dict) -> torch.Tensor:
+    """The head's output for the task: class logits, or ``min + (max - min) sigmoid(x)``."""
+    if task["type"] != "regression":
+        return logits
+    low, high = float(task["min"]), float(task["max"])
+    return low + (high - low) * torch.sigmoid(logits.squeeze(-1))
+
+
+def check_layout(model: nn.Module, layout: dict) -> None:
+    """Every layout name of layer 0 must be an ``nn.Linear`` of the model."""
+    first = f"{layout['layers']}.0"
+    try:
+        layer = model.get_submodule(first)
+    except AttributeError:
+        raise ConfigError(f"layout.layers={layout['layers']!r}: the model has no module {first!r}.") from None
+    linears = [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
+    bad = [f"{k}={layout[k]!r}" for k in LAYOUT_KEYS[1:] if layout[k] not in linears]
+    if bad:
+        raise ConfigError(
+            f"layout {', '.join(bad)} name no nn.Linear of {first}; its Linears are {linears}."
+        )
+
+
 class GlueModel(pl.LightningModule):
-    """BERT + task head; ``loss(batch)`` is the training objective scoring passes also use."""
+    """Encoder + task head; ``loss(batch)`` is the training objective scoring passes also use.
+
+    The encoder is registered under ``backbone`` (``model.bert``, ``model.roberta``, ...) and
+    reached architecture-independently as ``model.encoder``."""
+
+    RESERVED = frozenset({"encoder", "head", "task", "layout", "inputs", "pooling", "backbone"})
 
     def __init__(
         self,
-        encoder: BertModel,
+        encoder: PreTrainedModel,
         task: dict,
         metrics: dict[str, Metric],
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable | None = None,
+        *,
+        backbone: str = "bert",
+        pooling: str = "pooler",
+        inputs: tuple[str, ...] | None = None,
+        layout: dict | None = None,
     ) -> None:
         super().__init__()
-        self.bert = encoder
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling={pooling!r} is unknown; use one of {POOLINGS}.")
+        check_backbone(backbone)
+        self.backbone, self.pooling = backbone, pooling
+        setattr(self, backbone, encoder)
+        self.inputs = tuple(inputs) if inputs else encoder_inputs(encoder, ENCODER_INPUTS)
+        self.layout = dict(layout) if layout else dict(BERT_LAYOUT)
+        check_layout(self, self.layout)
         self.task = dict(task)
         self.regression = self.task["type"] == "regression"
         out = 1 if self.regression else int(self.task["num_labels"])
@@ -116,19 +441,20 @@ class GlueModel(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> PreTrainedModel:
         """The transformer backbone (registered under its architecture's attribute name)."""
-        return self.bert
+        return getattr(self, self.backbone)
+
+    @property
+    def arch(self) -> str:
+        """The encoder's transformers ``model_type``."""
+        return self.encoder.config.model_type
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        pooled = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).pooler_output
-        out = self.head(pooled)
-        if self.regression:
-            low, high = float(self.task["min"]), float(self.task["max"])
-            return low + (high - low) * torch.sigmoid(out.squeeze(-1))
-        return out
+        """Only ``self.inputs`` reach the encoder (e.g. no ``token_type_ids`` for DistilBERT)."""
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        output = self.encoder(**{k: given[k] for k in self.inputs if given[k] is not None})
+        return task_output(self.head(pool(output, attention_mask, self.pooling)), self.task)
 
     def _forward_batch(self, batch: dict) -> torch.Tensor:
         return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))

@@ -11,7 +11,6 @@ import logging
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -24,8 +23,8 @@ from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import build_model, load_tokenizer
 from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
-from deepcuts.strategies.movement import TRACE, MovementTrace
 from deepcuts.store import StageCache, read_tensors, write_tensors
+from deepcuts.strategies.movement import TRACE, MovementTrace
 from deepcuts.tracking import tracking
 from deepcuts.training import check_selection, check_trainer, fine_tune
 

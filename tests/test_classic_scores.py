@@ -18,7 +18,17 @@ from deepcuts import masks as M
 from deepcuts import strategies as S
 from deepcuts.pipeline import run
 from deepcuts.strategies.movement import MovementTrace
-from tests.test_strategies import MLP, ONE_LINEAR_BATCHES, QUIET, OneLinear, T, assert_scores, batches, by_hand, score
+from tests.test_strategies import (
+    MLP,
+    ONE_LINEAR_BATCHES,
+    QUIET,
+    OneLinear,
+    T,
+    assert_scores,
+    batches,
+    by_hand,
+    score,
+)
 
 # OneLinear (tests/test_strategies.py): W = [[1, -2], [0.5, 3]], b = [0.25, -1], G1 = [[2, 1], [-2, -1]],
 # G2 = [[-2, -2], [2, 2]], g_b = [1, -1] in both batches.

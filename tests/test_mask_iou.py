@@ -114,7 +114,7 @@ def test_head_slices_pick_rows_and_columns():
     heads = MI.head_slices(masks, 0, HEADS)
     assert set(heads) == {0, 1}
     expected_keys = {f"{part}.{kind}" for part in ("query", "key", "value") for kind in ("weight", "bias")}
-    assert set(heads[0]) == set(heads[1]) == expected_keys | {"output.dense.weight"}
+    assert set(heads[0]) == set(heads[1]) == expected_keys | {"attn_out.weight"}
     assert heads[0]["query.weight"].all() and not heads[1]["query.weight"].any()
     assert not heads[0]["key.weight"].any() and heads[1]["key.weight"].all()
     assert heads[0]["query.bias"].tolist() == [True, False]
@@ -125,9 +125,9 @@ def test_head_slices_pick_rows_and_columns():
     assert torch.equal(heads[1]["value.weight"], (index % 2 == 0)[2:4])
     assert heads[0]["query.weight"].shape == (2, HIDDEN)
     # attention output: columns, not rows
-    assert heads[0]["output.dense.weight"].shape == (HIDDEN, 2)
-    assert heads[0]["output.dense.weight"].tolist() == [[True, False]] * 4
-    assert not heads[1]["output.dense.weight"].any()
+    assert heads[0]["attn_out.weight"].shape == (HIDDEN, 2)
+    assert heads[0]["attn_out.weight"].tolist() == [[True, False]] * 4
+    assert not heads[1]["attn_out.weight"].any()
     with pytest.raises(ValueError, match="3 heads"):
         MI.head_slices(masks, 0, 3)
 

@@ -15,6 +15,10 @@ entries uniformly at random have, for large ``n``, ``E|A & B| ~ n p q`` and
 pruned-set baseline is the same formula at ``1 - p, 1 - q``. E.g. p = q = 0.147 gives a kept IoU
 of 0.0794 and a pruned IoU of 0.743 by chance alone.
 
+Per-head analysis follows the run's ``layout`` (``results.json``; the model YAML's): the layer list
+and the names of each layer's query, key, value and attention-output Linears, so it works for
+every architecture. Results without a layout come from BERT models and use :data:`BERT_LAYOUT`.
+
 Usage: ``python -m deepcuts.analysis.mask_iou RUN_FOLDERS... --out OUT [--heads N]``.
 """
 
@@ -36,6 +40,13 @@ from deepcuts.analysis import plots_iou as P
 
 RESULTS, MASKS = "results.json", "masks.safetensors"
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+# The layout of results written before results.json had one (every model then was a BERT).
+BERT_LAYOUT = {
+    "layers": "bert.encoder.layer", "query": "attention.self.query", "key": "attention.self.key",
+    "value": "attention.self.value", "attn_out": "attention.output.dense",
+    "ffn_in": "intermediate.dense", "ffn_out": "output.dense",
+}
+HEAD_PARTS = ("query", "key", "value")  # heads are row blocks of these; columns of attn_out
 STATS = ["iou_kept", "iou_kept_random", "iou_pruned", "iou_pruned_random", "density_a", "density_b"]
 KEYS = ["data", "model", "ratio", "seed", "strategy_a", "strategy_b"]
 TENSOR_COLUMNS = [*KEYS, "parameter", "layer", *STATS]
@@ -71,21 +82,36 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def layer_index(name: str) -> int | None:
-    """``...encoder.layer.<i>.`` -> i; anything else (the pooler) -> None."""
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else None
+def check_layout(layout: dict) -> dict:
+    """A layout names the layer list and the query, key, value and attn_out Linears."""
+    missing = [k for k in ("layers", *HEAD_PARTS, "attn_out") if not (layout or {}).get(k)]
+    if missing:
+        raise ValueError(f"layout {layout!r} lacks {missing}")
+    return dict(layout)
 
 
-def layer_label(name: str) -> str:
+def layer_index(name: str, layout: dict | None = None) -> int | None:
+    """``<layers>.<i>.`` -> i for the layout's layer list (without a layout: any
+    ``...encoder.layer.<i>.``); anything else (the pooler) -> None."""
+    if layout is None:
+        match = _LAYER.search(name)
+        return int(match.group(1)) if match else None
+    head, _, rest = name.partition(f"{layout['layers']}.")
+    index = rest.split(".", 1)[0]
+    return int(index) if not head and index.isdigit() else None
+
+
+def layer_label(name: str, layout: dict | None = None) -> str:
     """The encoder layer as a string, ``"pooler"`` for the pooler, ``"other"`` for the rest."""
-    index = layer_index(name)
+    index = layer_index(name, layout)
     if index is not None:
         return str(index)
     return "pooler" if "pooler." in name else "other"
 
 
-def _layer_prefix(masks: dict[str, torch.Tensor], layer: int) -> str:
+def _layer_prefix(masks: dict[str, torch.Tensor], layer: int, layout: dict | None) -> str:
+    if layout is not None:
+        return f"{layout['layers']}.{layer}."
     for name in masks:
         match = _LAYER.search(name)
         if match and int(match.group(1)) == layer:
@@ -93,49 +119,60 @@ def _layer_prefix(masks: dict[str, torch.Tensor], layer: int) -> str:
     raise ValueError(f"no mask of encoder layer {layer}")
 
 
-def head_slices(masks: dict[str, torch.Tensor], layer: int, heads: int) -> dict[int, dict]:
+def head_slices(masks: dict[str, torch.Tensor], layer: int, heads: int,
+                layout: dict | None = None) -> dict[int, dict]:
     """Per head, its pieces of the layer's masks: rows ``h*d:(h+1)*d`` of the query, key and value
-    weight and bias, and columns ``h*d:(h+1)*d`` of ``attention.output.dense.weight`` (d = hidden /
-    heads, hidden = the query weight's rows). Pieces whose tensor was not pruned are left out."""
-    prefix = _layer_prefix(masks, layer)
-    query = masks.get(f"{prefix}attention.self.query.weight")
+    weight and bias, and columns ``h*d:(h+1)*d`` of the attention output's weight (d = hidden /
+    heads, hidden = the query weight's rows), keyed ``query.weight`` ... ``attn_out.weight``.
+    Module names come from ``layout`` (default :data:`BERT_LAYOUT`). Pieces whose tensor was not
+    pruned are left out."""
+    layout = check_layout(layout or BERT_LAYOUT)
+    prefix = _layer_prefix(masks, layer, layout)
+    query = masks.get(f"{prefix}{layout['query']}.weight")
     if query is None:
-        raise ValueError(f"layer {layer} has no mask for attention.self.query.weight")
+        raise ValueError(f"layer {layer} has no mask for {prefix}{layout['query']}.weight")
     hidden = query.shape[0]
     if heads < 1 or hidden % heads:
         raise ValueError(f"hidden size {hidden} of layer {layer} does not split into {heads} heads")
     size = hidden // heads
-    output = masks.get(f"{prefix}attention.output.dense.weight")
+    output = masks.get(f"{prefix}{layout['attn_out']}.weight")
     pieces: dict[int, dict] = {}
     for head in range(heads):
         rows = slice(head * size, (head + 1) * size)
         pieces[head] = {
-            f"{part}.{kind}": masks[f"{prefix}attention.self.{part}.{kind}"][rows]
-            for part in ("query", "key", "value")
+            f"{part}.{kind}": masks[f"{prefix}{layout[part]}.{kind}"][rows]
+            for part in HEAD_PARTS
             for kind in ("weight", "bias")
-            if f"{prefix}attention.self.{part}.{kind}" in masks
+            if f"{prefix}{layout[part]}.{kind}" in masks
         }
         if output is not None:
-            pieces[head]["output.dense.weight"] = output[:, rows]
+            pieces[head]["attn_out.weight"] = output[:, rows]
     return pieces
 
 
-def _head_masks(masks, layer, heads) -> list[torch.Tensor]:
+def _head_masks(masks, layer, heads, layout) -> list[torch.Tensor]:
     return [
         torch.cat([piece.reshape(-1) for piece in part.values()])
-        for part in head_slices(masks, layer, heads).values()
+        for part in head_slices(masks, layer, heads, layout).values()
     ]
 
 
-def head_stats(masks_a, masks_b, layer: int, heads: int) -> list[dict[str, float]]:
+def head_stats(masks_a, masks_b, layer: int, heads: int, layout: dict | None = None) -> list[dict[str, float]]:
     """``pair_stats`` of each head's kept weights (all its pieces together)."""
-    return [pair_stats(a, b) for a, b in zip(_head_masks(masks_a, layer, heads),
-                                             _head_masks(masks_b, layer, heads), strict=True)]
+    return [pair_stats(a, b) for a, b in zip(_head_masks(masks_a, layer, heads, layout),
+                                             _head_masks(masks_b, layer, heads, layout), strict=True)]
 
 
-def head_iou(masks_a, masks_b, layer: int, heads: int) -> list[float]:
+def head_iou(masks_a, masks_b, layer: int, heads: int, layout: dict | None = None) -> list[float]:
     """IoU of each head's kept weights (Q/K/V rows and attention-output columns)."""
-    return [s["iou_kept"] for s in head_stats(masks_a, masks_b, layer, heads)]
+    return [s["iou_kept"] for s in head_stats(masks_a, masks_b, layer, heads, layout)]
+
+
+def query_layers(masks: dict[str, torch.Tensor], layout: dict) -> dict[int, torch.Tensor]:
+    """``{layer: query weight mask}`` of every layer whose query weight was pruned."""
+    suffix = f".{layout['query']}.weight"
+    return {layer_index(name, layout): mask for name, mask in masks.items()
+            if name.endswith(suffix) and layer_index(name, layout) is not None}
 
 
 @dataclass
@@ -146,12 +183,22 @@ class Run:
     results: dict
     heads_option: int | None = None
     _masks: dict | None = field(default=None, repr=False)
+    _layout: dict | None = field(default=None, repr=False)
 
     data = property(lambda self: self.results["data"])
     model = property(lambda self: self.results["model"])
     strategy = property(lambda self: self.results["strategy"])
     ratio = property(lambda self: float(self.results["ratio"]))
     seed = property(lambda self: int(self.results["seed"]))
+
+    @property
+    def layout(self) -> dict:
+        """``results.json``'s layout (the model YAML's), else ``config.yaml``'s model.layout, else
+        :data:`BERT_LAYOUT` (results from before layouts: every model was a BERT)."""
+        if self._layout is None:
+            self._layout = check_layout(self.results.get("layout") or self._config_model().get("layout")
+                                        or BERT_LAYOUT)
+        return self._layout
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -168,13 +215,18 @@ class Run:
         return 12 if hidden % 12 == 0 else (hidden // 64 if hidden % 64 == 0 else 1)
 
     def _config_heads(self) -> int | None:
+        config = self._config_model().get("config") or {}
+        return config.get("num_attention_heads") or config.get("n_heads")  # n_heads: DistilBERT
+
+    def _config_model(self) -> dict:
+        """``config.yaml``'s model section; {} when there is none or it cannot be read."""
         try:
             import yaml
 
-            cfg = yaml.safe_load((self.folder / "config.yaml").read_text())
-            return cfg["model"]["config"]["num_attention_heads"]
+            model = yaml.safe_load((self.folder / "config.yaml").read_text())["model"]
+            return model if isinstance(model, dict) else {}
         except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError):
-            return None
+            return {}
 
 
 def load_run(folder, heads: int | None = None) -> Run:
@@ -221,28 +273,31 @@ def compare_runs(run_a, run_b) -> pd.DataFrame:
         owner, other = (run_a, run_b) if name in masks_a else (run_b, run_a)
         raise ValueError(f"mask {name!r} is in {owner.folder} but not in {other.folder}: "
                          "the masks come from different models")
-    rows = []
+    rows, layout = [], run_a.layout
     for name, a in masks_a.items():
         b = masks_b[name]
         if a.shape != b.shape:
             raise ValueError(f"mask {name!r} has shape {tuple(a.shape)} in {run_a.folder} but "
                              f"{tuple(b.shape)} in {run_b.folder}: the masks come from different models")
-        rows.append({**_keys(run_a, run_b), "parameter": name, "layer": layer_label(name),
+        rows.append({**_keys(run_a, run_b), "parameter": name, "layer": layer_label(name, layout),
                      **pair_stats(a, b)})
     return pd.DataFrame(rows, columns=TENSOR_COLUMNS)
 
 
 def compare_heads(run_a: Run, run_b: Run) -> pd.DataFrame:
-    """One row per (layer, head) of every layer whose attention query weight was pruned."""
+    """One row per (layer, head) of every layer whose attention query weight was pruned; the
+    module names come from the runs' layout (which must agree)."""
+    layout = run_a.layout
+    if run_b.layout != layout:
+        raise ValueError(f"{run_a.folder} and {run_b.folder} have different layouts: "
+                         "the masks come from different architectures")
     rows = []
-    for name, query in run_a.masks.items():
-        if not name.endswith("attention.self.query.weight") or layer_index(name) is None:
-            continue
-        hidden, layer = query.shape[0], layer_index(name)
+    for layer, query in sorted(query_layers(run_a.masks, layout).items()):
+        hidden = query.shape[0]
         heads_a, heads_b = run_a.heads(hidden), run_b.heads(hidden)
         if heads_a != heads_b:
             raise ValueError(f"{run_a.folder} has {heads_a} heads but {run_b.folder} {heads_b}")
-        for head, stats in enumerate(head_stats(run_a.masks, run_b.masks, layer, heads_a)):
+        for head, stats in enumerate(head_stats(run_a.masks, run_b.masks, layer, heads_a, layout)):
             rows.append({**_keys(run_a, run_b), "layer": layer, "head": head, **stats})
     return pd.DataFrame(rows, columns=HEAD_COLUMNS)
 
@@ -265,8 +320,9 @@ def layer_table(tensors: pd.DataFrame) -> pd.DataFrame:
 def layer_sparsity(run: Run) -> list[dict]:
     """Kept fraction per layer (all the layer's pruned tensors together) of one run."""
     totals: dict[str, list[int]] = {}
+    layout = run.layout
     for name, mask in run.masks.items():
-        total = totals.setdefault(layer_label(name), [0, 0])
+        total = totals.setdefault(layer_label(name, layout), [0, 0])
         total[0] += int(mask.sum())
         total[1] += mask.numel()
     return [{"data": run.data, "model": run.model, "ratio": run.ratio, "seed": run.seed,

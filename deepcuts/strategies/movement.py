@@ -8,8 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from deepcuts.strategies.base import Strategy
 from deepcuts.store import write_tensors
+from deepcuts.strategies.base import Strategy
 
 TRACE = "movement.safetensors"
 
