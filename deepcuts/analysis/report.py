@@ -31,6 +31,7 @@ from deepcuts.analysis import stats
 from deepcuts.analysis.report_keys import MISSING, fmt, groups, norm, row_key, sort_value
 from deepcuts.analysis.report_markdown import DEV_FLAG, render_markdown
 from deepcuts.analysis.report_plots import plot_ratio
+from deepcuts.analysis.timing import stage_times, timing_markdown
 from deepcuts.nested import flatten
 
 __all__ = ["DEFAULT_BASELINES", "DEV_FLAG", "ReportCallback", "collect_runs", "group_keys",
@@ -403,7 +404,12 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
     text = render_markdown(summary, paired, keys=keys, sweep=sweep, baselines=baselines,
                            folders=folders, unfinished={p: _state(p) for p in unfinished},
                            n_runs=len(runs), n_dupes=n_dupes)
+    times = stage_times(folders)
+    times.to_csv(out / "timing.csv", index=False)
+    text += ("\n## End-to-end time per run, as if nothing were cached (minutes, this machine)\n\n"
+             + timing_markdown(times))
     written["markdown"].write_text(text)
+    written["timing"] = times
     for data, part in summary.groupby("data", sort=True):
         path = out / (re.sub(r"[^\w.-]", "_", str(data)) + ".png")
         plot_ratio(str(data), part, runs[runs["data"].astype(str) == data], keys, path)

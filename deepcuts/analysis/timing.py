@@ -1,0 +1,103 @@
+"""End-to-end time per strategy: what one run of a strategy costs when nothing is cached.
+
+A sweep shares its stages: one job fine-tunes the dense model of a seed, one job per strategy and
+seed scores it, every job runs its own masked fine-tune. From the runs' ``results.json``
+(``timings_s`` and ``cache.builds``) this puts the pieces back together per strategy and seed:
+
+    end-to-end = dense (the job that built that seed's dense model; 0 when the run skipped it)
+               + scoring (the job that built that strategy's scores for that seed)
+               + masked fine-tune (mean over the strategy's runs of that seed) + setup
+
+Reads only the outputs contract; a stage no run in the folders built (all from an earlier
+sweep's cache) is left NaN, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+DENSE_KEY = ("data", "model", "seed")  # runs that share a dense fine-tune (same protocol assumed)
+SCORE_KEY = ("data", "model", "strategy", "seed", "scoring_at")
+
+
+def _runs(folders: Iterable[str | os.PathLike]) -> list[dict]:
+    out = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("results.json")):
+            res = json.loads(path.read_text())
+            if res.get("status") == "complete":
+                out.append(res)
+    return out
+
+
+def _built(runs: list[dict], stage: str, key: tuple[str, ...]) -> dict[tuple, float]:
+    timing = "dense" if stage == "dense" else "scoring"
+    return {tuple(r.get(k) for k in key): r.get("timings_s", {}).get(timing, math.nan)
+            for r in runs if stage in r.get("cache", {}).get("builds", [])}
+
+
+def stage_times(folders: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """One row per (data, model, strategy, rewind, seed): dense, scoring, pruned, setup and
+    end-to-end seconds, and how many runs the pruned time is the mean of."""
+    runs = _runs(folders)
+    dense, scores = _built(runs, "dense", DENSE_KEY), _built(runs, "scores", SCORE_KEY)
+    rows: dict[tuple, dict] = {}
+    for r in runs:
+        key = (r["data"], r["model"], r["strategy"], r.get("rewind"), r["seed"])
+        row = rows.setdefault(key, {**dict(zip(("data", "model", "strategy", "rewind", "seed"), key, strict=True)),
+                                    "pruned": [], "setup": [], "dense_skipped": bool(r.get("dense_skipped"))})
+        timings = r.get("timings_s", {})  # absent in results from before it was recorded
+        row["pruned"].append(timings.get("pruned", math.nan))
+        row["setup"].append(timings.get("setup", 0.0))
+        row["dense"] = 0.0 if row["dense_skipped"] else dense.get(tuple(r.get(k) for k in DENSE_KEY), math.nan)
+        row["scoring"] = scores.get(tuple(r.get(k) for k in SCORE_KEY), math.nan)
+    table = []
+    for row in rows.values():
+        pruned, setup = sum(row["pruned"]) / len(row["pruned"]), sum(row["setup"]) / len(row["setup"])
+        table.append({**{k: row[k] for k in ("data", "model", "strategy", "rewind", "seed", "dense_skipped")},
+                      "runs": len(row["pruned"]), "dense_s": row["dense"], "scoring_s": row["scoring"],
+                      "pruned_s": pruned, "setup_s": setup,
+                      "end_to_end_s": row["dense"] + row["scoring"] + pruned + setup})
+    return pd.DataFrame(table)
+
+
+def timing_markdown(times: pd.DataFrame) -> str:
+    """Mean ± sd over seeds per data, strategy and rewind, in minutes."""
+    if times.empty:
+        return "No complete runs.\n"
+    lines = ["| data | strategy | rewind | seeds | dense | scoring | masked fine-tune | end-to-end (min) |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for (data, strategy, rewind), part in times.groupby(["data", "strategy", "rewind"], sort=True):
+        def cell(col: str) -> str:
+            values = part[col] / 60
+            if values.isna().any():
+                return "n/a"
+            return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+        skipped = " (skipped)" if part["dense_skipped"].all() else ""
+        lines.append(f"| {data} | {strategy} | {rewind} | {len(part)} | {cell('dense_s')}{skipped} | "
+                     f"{cell('scoring_s')} | {cell('pruned_s')} | {cell('end_to_end_s')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="End-to-end time per strategy from run folders.")
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--csv", type=Path, default=None, help="also write the per-seed table here")
+    args = parser.parse_args(argv)
+    times = stage_times(args.folders)
+    if args.csv:
+        times.to_csv(args.csv, index=False)
+    print(timing_markdown(times), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
