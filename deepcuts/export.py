@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepcuts.masks import remove_masks
+from deepcuts.masks import detach_masked_views, remove_masks
 from deepcuts.store import read_tensors, write_tensors
 
 HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE = "head.safetensors", "task.json", "head.json"
@@ -28,6 +28,7 @@ def export_pruned(model, folder: Path) -> Path:
     what is needed to apply it (:data:`HEAD_SPEC_FILE`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    detach_masked_views(model)  # a masked weight computed with grad cannot be deep-copied
     clone = copy.deepcopy(model).cpu()
     remove_masks(clone)
     clone.encoder.save_pretrained(folder)

@@ -165,6 +165,7 @@ def collect_results(
         "rewind": cfg.rewind,
         "monitor": cfg.data.monitor,
         "num_attention_heads": model.encoder.config.num_attention_heads,  # for per-head mask analysis
+        "arch": getattr(model, "arch", None),  # the transformers model_type
         "layout": getattr(model, "layout", None),  # the per-layer module names (per-head analysis)
         "keep_fraction": keep_fraction,
         "kept_prunable": kept,

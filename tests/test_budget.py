@@ -137,3 +137,40 @@ def test_counts_of_a_pruned_model_by_hand():
     params = B.prunable_parameters(net, ["0"])
     assert set(params) == {"0.weight", "0.bias"} and params["0.weight"] is net[0].weight_orig
     assert B.model_budget(net, params) == B.Budget(total=10, prunable=8)
+
+
+# --- reference models: counts from published configs, built on the meta device -----------------
+
+
+def test_reference_computation_reproduces_the_bert_base_constants():
+    """The same computation the other bases use gives the paper's BERT-base counts exactly."""
+    assert B.reference_budget("bert_base") == B.Budget(T_BERT, P_BERT)
+    assert B.BASES["bert_base"] == B.Budget(T_BERT, P_BERT)
+
+
+# BERT-base encoder without pooler: 109,482,240 - 590,592 = 108,891,648; a layer's six Linears
+# 7,084,800; the 2-way head 768 * 2 + 2 = 1,538.
+@pytest.mark.parametrize(("name", "total", "prunable"), [
+    # + (50265 - 30522) words + 2 positions - 1 token type, times 768
+    ("roberta_base", 108_891_648 + (19_743 + 2 - 1) * 768 + 1_538, 12 * 7_084_800),
+    # 6 layers (Linears + 2 LayerNorms each), word + position embeddings + LayerNorm, no token types
+    ("distilbert_base", 6 * (7_084_800 + 2 * 1_536) + (30_522 + 512) * 768 + 1_536 + 1_538, 6 * 7_084_800),
+    ("electra_base", 108_891_648 + 1_538, 12 * 7_084_800),  # embedding_size = hidden: no projection
+    # 128,100 words, no absolute positions or token types, 2 x 256 relative positions + LayerNorm
+    ("deberta_v3_base", 12 * (7_084_800 + 2 * 1_536) + 128_100 * 768 + 1_536 + 512 * 768 + 1_536 + 1_538,
+     12 * 7_084_800),
+])
+def test_other_reference_bases(name, total, prunable):
+    basis = B.BASES[name]
+    assert (basis.total, basis.prunable) == (total, prunable)
+    assert B.budget_for(name, B.Budget(10, 5)) is basis
+    assert 1 < basis.max_ratio < B.BASES["bert_base"].max_ratio
+
+
+def test_bases_cost_nothing_at_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, deepcuts.budget as B; assert 'deepcuts.model' not in sys.modules; "
+            "assert B.reference_budget.cache_info().currsize == 0; assert 'roberta_base' in B.BASES")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -78,3 +78,27 @@ def test_grid_paper_uses_each_tasks_paper_settings(task, lr, epochs):
     cfg = hydra_cfg("experiment=grid_paper", f"data={task}")
     assert cfg.optimizer.lr == lr and (cfg.epochs_dense, cfg.epochs_final) == epochs
     assert cfg.model.name == "bert_base" and cfg.data.batch_size == 16
+
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_yaml_declares_its_architecture(name):
+    from deepcuts.model import ModelSpec
+
+    cfg = hydra_cfg(f"model={name}")
+    spec = ModelSpec.from_cfg(cfg.model)  # arch, backbone, pooling, layout, inputs: checked
+    assert cfg.model.name == name and list(cfg.prune.include) == list(cfg.model.prunable)
+    assert all(p.startswith(f"{spec.backbone}.") for p in cfg.model.prunable)
+    assert any(p.startswith(f"{spec.layout['layers']}.") for p in cfg.model.prunable)
+    # a pooler is prunable exactly when it is used
+    assert any("pooler" in p for p in cfg.model.prunable) == (spec.pooling == "pooler")
+    assert (spec.pretrained is None) == bool(cfg.model.config)  # random-init models have a config
+
+
+def test_every_hub_model_has_a_ratio_basis():
+    from deepcuts.budget import REFERENCE_CONFIGS
+
+    hub = [m for m in MODELS if (p := hydra_cfg(f"model={m}").model.pretrained) and not p.startswith("package:")]
+    assert sorted(hub) == sorted(REFERENCE_CONFIGS)

@@ -18,8 +18,7 @@ from deepcuts import budget as B
 from deepcuts import masks as M
 from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
-from deepcuts.model import load_tokenizer
-from deepcuts.model import build_model
+from deepcuts.model import build_model, load_tokenizer
 from deepcuts.pipeline import run
 from deepcuts.training import check_trainer, fine_tune
 

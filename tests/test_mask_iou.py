@@ -218,3 +218,59 @@ def test_cli_main(tmp_path, capsys):
     assert MI.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "summary.md").is_file()
     assert "tensor_iou" in capsys.readouterr().out
+
+
+# --- layouts: the per-head analysis of any architecture -----------------------------------------
+
+DISTIL_LAYOUT = {"layers": "distilbert.transformer.layer", "query": "attention.q_lin", "key": "attention.k_lin",
+                 "value": "attention.v_lin", "attn_out": "attention.out_lin", "ffn_in": "ffn.lin1",
+                 "ffn_out": "ffn.lin2"}
+
+
+def distil_shapes(layers: int = LAYERS, hidden: int = HIDDEN, inter: int = INTER) -> dict[str, tuple]:
+    shapes = {}
+    for i in range(layers):
+        p = f"distilbert.transformer.layer.{i}."
+        for part in ("q_lin", "k_lin", "v_lin", "out_lin"):
+            shapes[f"{p}attention.{part}.weight"] = (hidden, hidden)
+            shapes[f"{p}attention.{part}.bias"] = (hidden,)
+        shapes[f"{p}ffn.lin1.weight"] = (inter, hidden)
+        shapes[f"{p}ffn.lin2.weight"] = (hidden, inter)
+    return shapes
+
+
+def test_layout_names_layers_and_heads():
+    assert MI.layer_index("distilbert.transformer.layer.1.ffn.lin1.weight", DISTIL_LAYOUT) == 1
+    assert MI.layer_index("distilbert.transformer.layer.1.ffn.lin1.weight") is None  # no layout: BERT-style
+    assert MI.layer_index("bert.encoder.layer.1.output.dense.weight", DISTIL_LAYOUT) is None
+    masks = random_masks(3, distil_shapes())
+    heads = MI.head_slices(masks, 1, HEADS, DISTIL_LAYOUT)
+    p = "distilbert.transformer.layer.1.attention."
+    assert torch.equal(heads[1]["key.weight"], masks[f"{p}k_lin.weight"][2:4])
+    assert torch.equal(heads[0]["attn_out.weight"], masks[f"{p}out_lin.weight"][:, 0:2])
+    assert set(heads[0]) == {f"{r}.{k}" for r in ("query", "key", "value") for k in ("weight", "bias")} | {"attn_out.weight"}
+    with pytest.raises(ValueError, match="no mask for"):
+        MI.head_slices(masks, 1, HEADS)  # the BERT layout finds no query of this model
+
+
+def test_analysis_uses_the_layout_of_results_json(tmp_path):
+    for strategy in "ab":
+        folder = write_run(tmp_path / strategy, strategy, random_masks(ord(strategy), distil_shapes()))
+        results = json.loads((folder / "results.json").read_text())
+        (folder / "results.json").write_text(json.dumps({**results, "layout": DISTIL_LAYOUT}))
+    tables, runs, _ = MI.pair_tables([tmp_path])
+    assert runs[0].layout == DISTIL_LAYOUT
+    assert set(tables["tensor_iou"]["layer"]) == {"0", "1"}  # no "other"
+    heads = tables["head_iou"]
+    assert sorted(zip(heads["layer"], heads["head"], strict=True)) == [(i, h) for i in range(LAYERS) for h in range(HEADS)]
+
+
+def test_layout_from_config_yaml_when_results_json_has_none(tmp_path):
+    import yaml
+
+    folder = write_run(tmp_path / "a", "a", random_masks(0, distil_shapes()))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"layout": DISTIL_LAYOUT, "config": {"n_heads": 4}}}))
+    run = MI.load_run(folder)
+    assert run.layout == DISTIL_LAYOUT
+    assert MI.load_run(write_run(tmp_path / "b", "b", random_masks(0))).layout == MI.BERT_LAYOUT  # older results
+    assert MI.compare_heads(run, run)["iou_kept"].eq(1.0).all()

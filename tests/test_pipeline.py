@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from deepcuts import budget as B
-from deepcuts.model import load_tokenizer
-from deepcuts.model import build_model
+from deepcuts.model import build_model, load_tokenizer
 from deepcuts.pipeline import run
 
 CONTRACT = {

@@ -14,8 +14,7 @@ from deepcuts import budget as B
 from deepcuts import masks as M
 from deepcuts import strategies as S
 from deepcuts.data import GlueDataModule
-from deepcuts.model import load_tokenizer
-from deepcuts.model import build_model
+from deepcuts.model import build_model, load_tokenizer
 from deepcuts.scoring import run_scoring
 
 QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}

@@ -11,8 +11,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from deepcuts.data import GlueDataModule, holdout_indices
-from deepcuts.model import load_tokenizer
-from deepcuts.model import build_model
+from deepcuts.model import build_model, load_tokenizer
 from deepcuts.pipeline import run
 from deepcuts.training import fine_tune
 

@@ -67,6 +67,13 @@ def stage_times(folders: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+def _minutes(seconds: pd.Series) -> str:
+    values = seconds / 60
+    if values.isna().any():
+        return "n/a"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
 def timing_markdown(times: pd.DataFrame) -> str:
     """Mean ± sd over seeds per data, strategy and rewind, in minutes."""
     if times.empty:
@@ -74,14 +81,10 @@ def timing_markdown(times: pd.DataFrame) -> str:
     lines = ["| data | strategy | rewind | seeds | dense | scoring | masked fine-tune | end-to-end (min) |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for (data, strategy, rewind), part in times.groupby(["data", "strategy", "rewind"], sort=True):
-        def cell(col: str) -> str:
-            values = part[col] / 60
-            if values.isna().any():
-                return "n/a"
-            return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+        cells = {col: _minutes(part[col]) for col in ("dense_s", "scoring_s", "pruned_s", "end_to_end_s")}
         skipped = " (skipped)" if part["dense_skipped"].all() else ""
-        lines.append(f"| {data} | {strategy} | {rewind} | {len(part)} | {cell('dense_s')}{skipped} | "
-                     f"{cell('scoring_s')} | {cell('pruned_s')} | {cell('end_to_end_s')} |")
+        lines.append(f"| {data} | {strategy} | {rewind} | {len(part)} | {cells['dense_s']}{skipped} | "
+                     f"{cells['scoring_s']} | {cells['pruned_s']} | {cells['end_to_end_s']} |")
     return "\n".join(lines) + "\n"
 
 

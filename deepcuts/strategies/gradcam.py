@@ -31,6 +31,8 @@ class ActivationMeans:
                 return
             with torch.no_grad():
                 out = output.detach()
+                if out.dim() == 3 and out.shape[:2] != self.token_mask.shape:
+                    return  # not token activations: DeBERTa's shared relative-position projections
                 if out.dim() == 3 and not self.include_padding:
                     weight = self.token_mask.to(out.dtype).unsqueeze(-1)
                     mean = (out * weight).sum((0, 1)) / weight.sum()

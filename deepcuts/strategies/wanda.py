@@ -31,6 +31,8 @@ class Wanda(Strategy):
     def _make_hook(self, module_name: str):
         def hook(module, inputs, output):
             x = inputs[0].detach()
+            if x.dim() == 3 and x.shape[:2] != self.token_mask.shape:
+                return  # not tokens: DeBERTa's shared relative-position projections
             x = x[self.token_mask] if x.dim() == 3 else x  # [batch, tokens, features]: real tokens
             self.sumsq[module_name] = self.sumsq.get(module_name, 0) + x.float().square().sum(0)
             self.tokens[module_name] = self.tokens.get(module_name, 0) + x.shape[0]
