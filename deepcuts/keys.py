@@ -21,7 +21,7 @@ from deepcuts.store import config_key, file_sha256
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
-FINE_TUNE_CODE = ("data.py", "model.py", "training.py", "strategies/movement.py")  # + the trace
+FINE_TUNE_CODE = ("data.py", "model.py", "training.py", "trace.py")
 SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
 RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
@@ -108,6 +108,7 @@ def stage_specs(
     strategy: object,
     scored: DictConfig | None = None,
     at: str = "finetuned",
+    keep_fraction: float | None = None,
 ) -> dict[str, dict]:
     """The spec of each cached stage: dense fine-tune, scores, finished run.
 
@@ -148,6 +149,7 @@ def stage_specs(
         "scores": scores,
         "strategy": _plain(cfg.strategy),
         **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
+        "kept": keep_fraction,  # resolved: a reference basis (ratio_basis) is part of it
         "code": [code_digest(RUN_CODE), strategy_digest(type(strategy))],
     }
     return {"dense": dense, "scores": scores, "run": run}

@@ -272,7 +272,8 @@ def check_arch(found: str, spec: ModelSpec) -> None:
     raise ConfigError(
         f"model.pretrained={spec.pretrained!r} is a {found!r} checkpoint (config.json model_type), "
         f"but model={spec.name} declares arch: {spec.arch}. For this checkpoint, {use} with "
-        f"model.pretrained={spec.pretrained}; or point model.pretrained to a {spec.arch} checkpoint."
+        f"model.pretrained={spec.pretrained} model.tokenizer={spec.pretrained}; or point "
+        f"model.pretrained to a {spec.arch} checkpoint."
     )
 
 
@@ -342,9 +343,13 @@ def load_encoder(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrai
 
 def encoder_inputs(encoder: nn.Module, wanted) -> tuple[str, ...]:
     """``wanted`` (the YAML's inputs, else the tokenizer's model_input_names) in
-    ``ENCODER_INPUTS`` order, restricted to the named parameters of the encoder's ``forward``."""
+    ``ENCODER_INPUTS`` order, restricted to the named parameters of the encoder's ``forward``;
+    ``token_type_ids`` only for a model with at least two token types (RoBERTa's forward takes
+    them but has one: a BERT tokenizer's second-sentence ids would be out of range)."""
     accepted = inspect.signature(encoder.forward).parameters
-    return tuple(name for name in ENCODER_INPUTS if name in wanted and name in accepted)
+    types = getattr(encoder.config, "type_vocab_size", 0) or 0
+    return tuple(name for name in ENCODER_INPUTS if name in wanted and name in accepted
+                 and (name != "token_type_ids" or types >= 2))
 
 
 def build_model(cfg, tokenizer) -> GlueModel:

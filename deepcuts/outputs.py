@@ -113,11 +113,11 @@ def load_dense(folder: Path, model) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def skipped_dense(entry: Path | None) -> dict:
+def skipped_dense(metrics: Path | None) -> dict:
     """The dense stage of a run that did not need it (scores at the pretrained model and
     ``rewind=pretrained``): no metrics, and the time saved, measured by the identical dense
-    fine-tune when the cache holds one (else None: nobody ran it)."""
-    done = json.loads((entry / "metrics.json").read_text()) if entry is not None else {}
+    fine-tune when the cache holds one (its ``metrics.json``; else None: nobody ran it)."""
+    done = json.loads(metrics.read_text()) if metrics is not None else {}
     return {"selected": {}, "last": {}, "history": [], "best_epoch": None, "skipped": True,
             "time_saved_s": done.get("seconds")}
 

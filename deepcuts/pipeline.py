@@ -23,8 +23,8 @@ from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import build_model, load_tokenizer
 from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
-from deepcuts.store import StageCache, read_tensors, write_tensors
-from deepcuts.strategies.movement import TRACE, MovementTrace
+from deepcuts.store import StageCache, config_key, read_tensors, write_tensors
+from deepcuts.trace import TRACE, MovementTrace
 from deepcuts.tracking import tracking
 from deepcuts.training import check_selection, check_trainer, fine_tune
 
@@ -80,6 +80,8 @@ def run(cfg: DictConfig) -> dict:
     strategy = instantiate_checked(cfg.strategy)
     scored = scoring_config(cfg, strategy)  # controls such as shuffled score with another strategy
     scorer = strategy if scored is cfg else instantiate_checked(scored.strategy)
+    if scorer.from_dense and cfg.epochs_dense < 1:
+        raise ConfigError(f"strategy {scorer.name!r} is traced during the dense fine-tune: it needs epochs_dense >= 1, got {cfg.epochs_dense}.")
     if scorer.of is not None:
         raise ConfigError(f"strategy.of={strategy.of!r} is itself a control of another strategy; name a scoring strategy.")
     tokenizer = load_tokenizer(cfg.model.tokenizer)
@@ -100,7 +102,7 @@ def run(cfg: DictConfig) -> dict:
     at = scoring_state(cfg.scoring.get("at"), scorer)
     skip_dense = at == "pretrained" and cfg.rewind == "pretrained"  # nothing needs the dense model
     digest = K.state_digest(initial)
-    specs = K.stage_specs(cfg, digest, scorer, n_batches, strategy, scored, at)
+    specs = K.stage_specs(cfg, digest, scorer, n_batches, strategy, scored, at, keep_fraction)
     key = K.run_key(specs)
     if cfg.resume:  # a finished job is never redone: same folder, or the same config elsewhere
         if outputs.is_complete(out, key, cfg.save_model):
@@ -124,7 +126,7 @@ def run(cfg: DictConfig) -> dict:
             outputs.save_dense(d, model, result, seeded, digest)
 
         if skip_dense:
-            dense_dir, dense = None, outputs.skipped_dense(cache.lookup("dense", specs["dense"]))
+            dense_dir, dense = None, outputs.skipped_dense(cache.peek("dense", specs["dense"], "metrics.json"))
         else:
             dense_dir = cache.get_or_build("dense", specs["dense"], dense_stage, work=out / "dense")
             dense = outputs.load_dense(dense_dir, model)
@@ -172,6 +174,8 @@ def run(cfg: DictConfig) -> dict:
             cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir,
             strategy, scorer, key, at,
         )
+        # the cache entries this run's stages came from (their folder names): what runs share
+        results["stage_keys"] = {stage: config_key({"stage": stage, **specs[stage]}) for stage in ("dense", "scores")}
         outputs.write_run(out, results, final_masks, model, cfg)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job
             cache.get_or_build("runs", specs["run"], lambda d: outputs.store_run(d, out))

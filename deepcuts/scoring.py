@@ -128,5 +128,5 @@ def scoring_state(cfg_at: str | None, strategy: Strategy) -> str:
     if at not in AT:
         raise ConfigError(f"scoring.at must be one of {AT} (or null: the strategy's default), got {at!r}.")
     if at == "pretrained" and strategy.from_dense:
-        raise ConfigError(f"strategy {strategy.name!r} is traced during the dense fine-tune; it cannot be scored at the pretrained state (scoring.at=null).")
+        raise ConfigError(f"strategy {strategy.name!r} is traced during the dense fine-tune; it cannot be scored at the pretrained state: use scoring.at=null or finetuned.")
     return at

@@ -121,6 +121,14 @@ class StageCache:
         entry = self.root / stage / config_key({"stage": stage, **spec})
         return entry if self._valid(entry) else None
 
+    def peek(self, stage: str, spec: dict, name: str) -> Path | None:
+        """The file ``name`` of ``spec``'s entry if it exists, unchecked (no hashing of the entry's
+        other files): for bookkeeping such as the time a stage took, never for results."""
+        if not self.enabled:
+            return None
+        path = self.root / stage / config_key({"stage": stage, **spec}) / name
+        return path if path.is_file() else None
+
     def get_or_build(
         self, stage: str, spec: dict, build: Callable[[Path], None], work: Path | None = None
     ) -> Path:

@@ -30,12 +30,10 @@ TINY = {
     "tiny_electra": ("electra", "ElectraModel", "electra", "electra.encoder.layer", "first",
                      ("input_ids", "attention_mask", "token_type_ids")),
     "tiny_deberta": ("deberta-v2", "DebertaV2Model", "deberta", "deberta.encoder.layer", "first",
-                     ("input_ids", "attention_mask", "token_type_ids")),
+                     ("input_ids", "attention_mask")),  # type_vocab_size 0: no token types passed
 }
 LAYERS, HEADS = 2, 2  # every tiny config
 ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-# DeBERTa-v3 (share_att_key) also runs query_proj/key_proj over the relative-position embeddings;
-# the CAM activation hook (deepcuts/strategies/gradcam.py) assumes [batch, tokens, hidden] outputs.
 SMALL = ("data=stsb", "data.max_train_samples=24", "data.max_eval_samples=16")
 # the second strategy on each dense model: a CAM strategy
 SECOND = {"tiny_roberta": "gradcam_shift", "tiny_distilbert": "gradcam_shift",
@@ -92,6 +90,16 @@ def test_bert_keeps_its_pooler_and_names(make_cfg):
     assert model.bert is model.encoder and model.pooling == "pooler"
     assert model.inputs == ("input_ids", "attention_mask", "token_type_ids")
     assert "bert.pooler.dense.weight" in B.prunable_parameters(model, cfg.prune.include)
+
+
+def test_one_token_type_means_no_token_type_ids(make_cfg):
+    """RoBERTa's forward takes token_type_ids but has one type: with the tokenizer's inputs
+    (null), a BERT tokenizer's sentence-pair ids would index out of range, so they are dropped."""
+    _, tok, model = tiny_model(make_cfg, "tiny_roberta", "model.inputs=null")
+    assert model.inputs == ("input_ids", "attention_mask")
+    pair = tok(["a first sentence"], ["and a second one"], return_tensors="pt")
+    assert pair["token_type_ids"].max() == 1
+    model(pair["input_ids"], pair["attention_mask"], pair["token_type_ids"])  # no IndexError
 
 
 def test_inputs_follow_the_encoder_signature(make_cfg):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from deepcuts import masks as M
 from deepcuts import strategies as S
 from deepcuts.pipeline import run
-from deepcuts.strategies.movement import MovementTrace
+from deepcuts.trace import MovementTrace
 from tests.test_strategies import (
     MLP,
     ONE_LINEAR_BATCHES,
@@ -217,3 +217,72 @@ def test_movement_cannot_be_scored_at_the_pretrained_model(make_cfg):
 
     with pytest.raises(ConfigError, match="scoring.at"):
         run(make_cfg("strategy=movement", "scoring.at=pretrained"))
+
+
+def test_integrated_gradients_restores_the_weights_after_an_error():
+    """A loss that is not finite on a scaled pass stops the scoring; the weights come back."""
+    model = MLP()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    calls = []
+
+    def loss(batch):
+        calls.append(1)
+        value = MLP.loss(model, batch)
+        return value * float("inf") if len(calls) == 2 else value
+
+    model.loss = loss
+    with pytest.raises(FloatingPointError):
+        score(S.IntegratedGradients("ig", steps=4), model, batches())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_movement_trace_uses_the_accumulated_gradient(tmp_path):
+    """With accumulate_grad_batches=2 the two batches make one step: W = W_1, G = G1 + G2 (each
+    batch's loss is divided by 2 by Lightning, so G = (G1 + G2) / 2). -W*(G1 + G2)/2 =
+    -[[1, -2], [0.5, 3]] * [[0, -1], [0, 1]]/2 = [[0, -1], [0, -1.5]]; bias g = [1, -1]: [-0.25, -1]."""
+    path = tmp_path / "movement.safetensors"
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         accumulate_grad_batches=2, callbacks=[MovementTrace(["fc.weight", "fc.bias"], path)], **QUIET)
+    trainer.fit(TraceModule(), train_dataloaders=DataLoader(ONE_LINEAR_BATCHES, batch_size=None))
+    assert_scores(load_file(str(path)), {"fc.weight": T([[0.0, -1.0], [0.0, -1.5]]), "fc.bias": T([-0.25, -1.0])})
+
+
+def test_movement_trace_leaves_out_steps_with_non_finite_gradients(tmp_path):
+    path = tmp_path / "movement.safetensors"
+    trace = MovementTrace(["fc.weight", "fc.bias"], path)
+
+    class Overflow(TraceModule):
+        """Step 1's gradient overflows; the step is then skipped, as a grad scaler would."""
+
+        def on_after_backward(self):
+            if self.global_step == 0:
+                self.fc.weight.grad[0, 0] = float("inf")
+
+        def on_before_optimizer_step(self, optimizer):  # runs after the callbacks' hook
+            if self.global_step == 0:
+                for p in self.parameters():
+                    p.grad.zero_()
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         callbacks=[trace], **QUIET)
+    trainer.fit(Overflow(), train_dataloaders=DataLoader(ONE_LINEAR_BATCHES, batch_size=None))
+    got = load_file(str(path))
+    # only step 2 counted: -W*G2 = -[[-2, 4], [1, 6]]; bias -b*g = [-0.25, -1]
+    assert_scores(got, {"fc.weight": T([[2.0, -4.0], [-1.0, -6.0]]), "fc.bias": T([-0.25, -1.0])})
+    assert trace.skipped == 1 and trace.steps == 1
+
+
+def test_pretrained_scores_with_finetuned_rewind_train_from_the_dense_weights(make_cfg, tmp_path):
+    """Scoring at the initial state must not leave the model there: with rewind=finetuned the
+    masked model is the dense model times the masks (epochs_final=0: nothing trained after)."""
+    from deepcuts.export import load_exported
+
+    run(make_cfg("strategy=snip", "rewind=finetuned", "epochs_final=0", "save_model=true"))
+    (dense_entry,) = (tmp_path / "cache" / "dense").glob("*/model.safetensors")
+    dense = load_file(str(dense_entry))
+    masks = load_file(str(tmp_path / "run" / "masks.safetensors"))
+    exported = load_exported(tmp_path / "run" / "pruned_model")
+    params = dict(exported.named_parameters())
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    got = next(v for k, v in params.items() if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    torch.testing.assert_close(got.detach(), dense[name] * masks[name], rtol=0, atol=0)

@@ -8,8 +8,11 @@ seed scores it, every job runs its own masked fine-tune. From the runs' ``result
                + scoring (the job that built that strategy's scores for that seed)
                + masked fine-tune (mean over the strategy's runs of that seed) + setup
 
-Reads only the outputs contract; a stage no run in the folders built (all from an earlier
-sweep's cache) is left NaN, never guessed.
+Stages are matched by ``results.json``'s ``stage_keys`` (the cache entries a run's dense model
+and scores came from), or, in results written before those were recorded, by (data, model, seed)
+and (data, model, strategy, seed, scoring_at). Identical runs (one ``run_key``, e.g. a run and its
+copy restored from the cache) count once. Reads only the outputs contract; a stage no run in the
+folders built (all from an earlier sweep's cache) is left NaN, never guessed.
 """
 
 from __future__ import annotations
@@ -22,23 +25,31 @@ from pathlib import Path
 
 import pandas as pd
 
-DENSE_KEY = ("data", "model", "seed")  # runs that share a dense fine-tune (same protocol assumed)
-SCORE_KEY = ("data", "model", "strategy", "seed", "scoring_at")
+FALLBACK = {"dense": ("data", "model", "seed"), "scores": ("data", "model", "strategy", "seed", "scoring_at")}
+TIMING = {"dense": "dense", "scores": "scoring"}
 
 
 def _runs(folders: Iterable[str | os.PathLike]) -> list[dict]:
-    out = []
+    out, seen = [], set()
     for folder in folders:
         for path in sorted(Path(folder).rglob("results.json")):
             res = json.loads(path.read_text())
-            if res.get("status") == "complete":
-                out.append(res)
+            key = res.get("run_key")
+            if res.get("status") != "complete" or (key is not None and key in seen):
+                continue
+            seen.add(key)
+            out.append(res)
     return out
 
 
-def _built(runs: list[dict], stage: str, key: tuple[str, ...]) -> dict[tuple, float]:
-    timing = "dense" if stage == "dense" else "scoring"
-    return {tuple(r.get(k) for k in key): r.get("timings_s", {}).get(timing, math.nan)
+def _stage_key(run: dict, stage: str) -> tuple:
+    key = run.get("stage_keys", {}).get(stage)
+    return (key,) if key else tuple(run.get(k) for k in FALLBACK[stage])
+
+
+def _built(runs: list[dict], stage: str) -> dict[tuple, float]:
+    """Seconds of ``stage`` per stage key, from the runs that built it."""
+    return {_stage_key(r, stage): r.get("timings_s", {}).get(TIMING[stage], math.nan)
             for r in runs if stage in r.get("cache", {}).get("builds", [])}
 
 
@@ -46,7 +57,7 @@ def stage_times(folders: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per (data, model, strategy, rewind, seed): dense, scoring, pruned, setup and
     end-to-end seconds, and how many runs the pruned time is the mean of."""
     runs = _runs(folders)
-    dense, scores = _built(runs, "dense", DENSE_KEY), _built(runs, "scores", SCORE_KEY)
+    dense, scores = _built(runs, "dense"), _built(runs, "scores")
     rows: dict[tuple, dict] = {}
     for r in runs:
         key = (r["data"], r["model"], r["strategy"], r.get("rewind"), r["seed"])
@@ -55,8 +66,8 @@ def stage_times(folders: Iterable[str | os.PathLike]) -> pd.DataFrame:
         timings = r.get("timings_s", {})  # absent in results from before it was recorded
         row["pruned"].append(timings.get("pruned", math.nan))
         row["setup"].append(timings.get("setup", 0.0))
-        row["dense"] = 0.0 if row["dense_skipped"] else dense.get(tuple(r.get(k) for k in DENSE_KEY), math.nan)
-        row["scoring"] = scores.get(tuple(r.get(k) for k in SCORE_KEY), math.nan)
+        row["dense"] = 0.0 if row["dense_skipped"] else dense.get(_stage_key(r, "dense"), math.nan)
+        row["scoring"] = scores.get(_stage_key(r, "scores"), math.nan)
     table = []
     for row in rows.values():
         pruned, setup = sum(row["pruned"]) / len(row["pruned"]), sum(row["setup"]) / len(row["setup"])
@@ -78,12 +89,12 @@ def timing_markdown(times: pd.DataFrame) -> str:
     """Mean ± sd over seeds per data, strategy and rewind, in minutes."""
     if times.empty:
         return "No complete runs.\n"
-    lines = ["| data | strategy | rewind | seeds | dense | scoring | masked fine-tune | end-to-end (min) |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for (data, strategy, rewind), part in times.groupby(["data", "strategy", "rewind"], sort=True):
+    lines = ["| data | model | strategy | rewind | seeds | dense | scoring | masked fine-tune | end-to-end (min) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for (data, model, strategy, rewind), part in times.groupby(["data", "model", "strategy", "rewind"], sort=True):
         cells = {col: _minutes(part[col]) for col in ("dense_s", "scoring_s", "pruned_s", "end_to_end_s")}
         skipped = " (skipped)" if part["dense_skipped"].all() else ""
-        lines.append(f"| {data} | {strategy} | {rewind} | {len(part)} | {cells['dense_s']}{skipped} | "
+        lines.append(f"| {data} | {model} | {strategy} | {rewind} | {len(part)} | {cells['dense_s']}{skipped} | "
                      f"{cells['scoring_s']} | {cells['pruned_s']} | {cells['end_to_end_s']} |")
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,5 @@
 """Pruning scores. Each strategy is one small class whose docstring states its rule, plus one
-YAML in ``conf/strategy``; ``scope`` (layer / global) is set in the YAML, not in code."""
+YAML in ``conf/strategy``; ``scope`` (layer / row / global) is set in the YAML, not in code."""
 
 from deepcuts.strategies.base import Strategy
 from deepcuts.strategies.controls import Shuffled

@@ -35,10 +35,10 @@ class IntegratedGradients(Strategy):
             yield
             return
         saved = {name: p.detach().clone() for name, p in params.items()}
-        with torch.no_grad():
-            for p in params.values():
-                p.mul_(alpha)
         try:
+            with torch.no_grad():
+                for p in params.values():
+                    p.mul_(alpha)
             yield
         finally:
             with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from deepcuts.errors import ConfigError
 from deepcuts.strategies.magnitude import MagnitudeGrad
 
 
@@ -28,6 +29,11 @@ class FisherOBD(MagnitudeGrad):
     """Optimal Brain Damage with the empirical Fisher diagonal (LeCun et al. 1990):
     ``S = 1/2 W^2 * (1/T) sum_t G_t^2``, the second-order loss increase of removing a weight
     with the Hessian diagonal estimated by the mean squared batch gradient over ``T`` batches."""
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        if self.accumulate != "sum_abs":
+            raise ConfigError("fisher_obd averages squared gradients itself; leave scoring.accumulate at sum_abs.")
 
     def update(self, name: str, weight: torch.Tensor, grad: torch.Tensor | None) -> None:
         self.scores[name].addcmul_(grad, grad)

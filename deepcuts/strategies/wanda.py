@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
+from deepcuts.errors import ConfigError
 from deepcuts.strategies.base import Strategy, forward_hooks, module_of
 
 
@@ -15,12 +16,18 @@ class Wanda(Strategy):
     """Wanda: ``S_ij = |W_ij| * ||X_j||_2``, ``X_j`` the ``j``-th input feature of the Linear over
     every real (non-padding) token of the scoring batches; a bias counts as the weight of a
     constant input 1, so ``S = |b| * sqrt(N)`` with ``N`` real tokens. Forward passes only (no
-    gradient); the YAML's ``scope: row`` compares weights within each output row, as Wanda does."""
+    gradient); the YAML's ``scope: row`` compares weights within each output row, as Wanda does.
+
+    DeBERTa-v3 also runs its query/key projections over the relative-position embeddings
+    (``[1, 2k, H]``): calls whose first two dimensions are not the batch's ``[B, L]`` are skipped.
+    (A batch of one sequence of exactly ``2k`` tokens would not be told apart.)"""
 
     needs_grad = False
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(name, **kwargs)
+        if self.accumulate != "sum_abs":
+            raise ConfigError("wanda accumulates input norms, not per-batch terms; leave accumulate at sum_abs.")
         self.sumsq: dict[str, torch.Tensor] = {}  # per module: sum over real tokens of x_j^2
         self.tokens: dict[str, int] = {}
         self.token_mask: torch.Tensor | None = None
