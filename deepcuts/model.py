@@ -418,7 +418,10 @@ class GlueModel(pl.LightningModule):
     The encoder is registered under ``backbone`` (``model.bert``, ``model.roberta``, ...) and
     reached architecture-independently as ``model.encoder``."""
 
-    RESERVED = frozenset({"encoder", "head", "task", "layout", "inputs", "pooling", "backbone"})
+    # attributes set on instances (class attributes and methods are refused through hasattr)
+    RESERVED = frozenset({"encoder", "head", "task", "layout", "inputs", "pooling", "backbone", "arch",
+                          "regression", "val_metrics", "holdout_metrics", "optimizer_factory",
+                          "scheduler_factory", "stage", "prunable"})
 
     def __init__(
         self,
