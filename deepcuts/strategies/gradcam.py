@@ -14,7 +14,10 @@ from deepcuts.strategies.base import Strategy, forward_hooks, module_of
 class ActivationMeans:
     """Forward hooks that record ``a_bar``: a Linear's output ``W x + b`` averaged over the batch
     and the real tokens (attention-mask weighted), or over every position with
-    ``include_padding`` (the authors' averaging). 2-D outputs (the pooler) average over the batch."""
+    ``include_padding`` (the authors' averaging). 2-D outputs (the pooler) average over the batch.
+    Outputs whose first two dimensions are not the batch's ``[B, L]`` are skipped: DeBERTa-v3 runs
+    its query/key projections over the relative-position embeddings too (``[1, 2k, H]``; a batch of
+    one sequence of exactly ``2k`` tokens would not be told apart)."""
 
     def __init__(self, include_padding: bool) -> None:
         self.include_padding = include_padding
