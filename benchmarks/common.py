@@ -199,8 +199,7 @@ def minilm_setup(task: str = "sst2", n_batches: int = 8, max_train_samples: int 
 
     from deepcuts import budget as B
     from deepcuts.data import GlueDataModule
-    from deepcuts.model import load_tokenizer
-    from deepcuts.model import build_model
+    from deepcuts.model import build_model, load_tokenizer
 
     cfg = compose(
         f"data={task}", "model=minilm", f"seed={seed}", "data.batch_size=32",
