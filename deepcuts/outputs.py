@@ -229,7 +229,11 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig) -> 
         tmp.write_text(buf.getvalue())
     write_config(out, cfg)
     if cfg.get("save_model"):
+        from deepcuts.compact import export_compact
         from deepcuts.export import export_pruned
 
         export_pruned(model, out / EXPORT)
+        compact = export_compact(model, masks, out / EXPORT)  # the whole model: kept values + bitmasks
+        dense = sum(f.stat().st_size for f in (out / EXPORT).glob("*.safetensors") if f != compact)
+        results = {**results, "export_bytes": {"dense": dense, "compact": compact.stat().st_size}}
     write_json(out / RESULTS, results)

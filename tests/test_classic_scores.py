@@ -286,3 +286,10 @@ def test_pretrained_scores_with_finetuned_rewind_train_from_the_dense_weights(ma
     name = "bert.encoder.layer.0.attention.self.query.weight"
     got = next(v for k, v in params.items() if k.endswith("encoder.layer.0.attention.self.query.weight"))
     torch.testing.assert_close(got.detach(), dense[name] * masks[name], rtol=0, atol=0)
+    # the compact copy of the same model: identical weights, a smaller file
+    from deepcuts.compact import load_compact
+
+    compact = load_compact(tmp_path / "run" / "pruned_model" / "model.compact.safetensors")
+    torch.testing.assert_close(compact[name], dense[name] * masks[name], rtol=0, atol=0)
+    sizes = json.loads((tmp_path / "run" / "results.json").read_text())["export_bytes"]
+    assert sizes["compact"] < sizes["dense"]
