@@ -21,12 +21,13 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    monitor = results["monitor"]
+    dense = ("skipped (not needed)" if results.get("dense_skipped")
+             else f"{monitor}={results['dense'].get(monitor, float('nan')):.4f}")
     log.info(
-        "%s %s ratio=%s seed=%s: dense %s=%.4f, pruned %s=%.4f, achieved ratio %.3f",
-        results["data"], results["strategy"], results["ratio"], results["seed"],
-        results["monitor"], results["dense"].get(results["monitor"], float("nan")),
-        results["monitor"], results["pruned"].get(results["monitor"], float("nan")),
-        results["achieved_ratio"],
+        "%s %s ratio=%s seed=%s: dense %s, pruned %s=%.4f, achieved ratio %.3f",
+        results["data"], results["strategy"], results["ratio"], results["seed"], dense,
+        monitor, results["pruned"].get(monitor, float("nan")), results["achieved_ratio"],
     )
     return results["pruned"].get(results["monitor"])
 
