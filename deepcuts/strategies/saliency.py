@@ -28,7 +28,11 @@ class Taylor(MagnitudeGrad):
 class FisherOBD(MagnitudeGrad):
     """Optimal Brain Damage with the empirical Fisher diagonal (LeCun et al. 1990):
     ``S = 1/2 W^2 * (1/T) sum_t G_t^2``, the second-order loss increase of removing a weight
-    with the Hessian diagonal estimated by the mean squared batch gradient over ``T`` batches."""
+    with the Hessian diagonal estimated by the mean squared batch gradient over ``T`` batches.
+
+    With batch gradients and the weights fixed during scoring this is :class:`Taylor` divided by
+    ``2T``: the same ranking in every comparison group, hence the same masks. (OBD with the
+    per-example Fisher, ``sum_i g_i^2``, would differ, at one backward pass per example.)"""
 
     def __init__(self, name: str, **kwargs) -> None:
         super().__init__(name, **kwargs)
