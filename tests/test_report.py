@@ -151,6 +151,18 @@ def test_single_seed_std_is_nan_and_shown_as_na(tmp_path):
     assert "0.8800 ± n/a" in result["markdown"].read_text()
 
 
+def test_a_seed_with_a_nan_metric_is_counted_and_named(tmp_path):
+    """A collapsed STS-B model has no Pearson: the mean is over the other seeds, and the table
+    says so instead of implying three seeds behind it."""
+    for seed, value in ((0, 0.5), (1, 0.3), (2, float("nan"))):
+        write_run(tmp_path / f"s{seed}", data="stsb", strategy="movement", ratio=3.5, seed=seed,
+                  monitor="pearson", achieved_ratio=1.77, dense={"pearson": 0.78}, pruned={"pearson": value})
+    result = write_report([tmp_path], tmp_path / "report", html=False)
+    row = result["summary"].iloc[0]
+    assert row["seeds"] == 3 and row["seeds_nan"] == 1 and row["pruned_mean"] == 0.4
+    assert "| 3 (1 NaN, not in the mean) |" in result["markdown"].read_text()
+
+
 def test_mixed_models_are_not_averaged(tmp_path):
     for model, value in (("minilm", 0.7), ("bert_base", 0.8)):
         write_run(tmp_path / model, model=model, data="stsb", strategy="gradcam_shift", ratio=3.0,

@@ -45,7 +45,7 @@ EXTRA = ("scope", "keep_fraction", "prunable_sparsity")
 PHASES = ("pruned", "pruned_last", "dense", "dense_last")  # selected / last epoch, after / before
 PHASE_FIELD = {"pruned": "pruned", "pruned_last": "pruned_last_epoch", "dense": "dense",
                "dense_last": "dense_last_epoch"}
-STATS = ["seeds", "pruned_mean", "pruned_std", "pruned_ci95", "pruned_last_mean",
+STATS = ["seeds", "seeds_nan", "pruned_mean", "pruned_std", "pruned_ci95", "pruned_last_mean",
          "pruned_last_std", "dense_mean", "dense_std", "dense_last_mean", "dense_last_std",
          "achieved_ratio_mean"]
 PAIRED = ["baseline", "baseline_variant", "higher_is_better", "seeds", "paired_seeds",
@@ -281,7 +281,8 @@ def _per_metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summarise(df: pd.DataFrame, sweep: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per group: seeds, mean and sample std (ddof=1; NaN for one seed) of the monitor metric at
+    """Per group: seeds (and ``seeds_nan``, those whose pruned metric is NaN and so left out of
+    the means), mean and sample std (ddof=1; NaN for one seed) of the monitor metric at
     the selected and last epoch, pruned and dense, the t half-width of the pruned mean's 95%
     interval, the mean achieved ratio, and ``<phase>_<metric>_mean/_std`` for every metric."""
     if df.empty:
@@ -300,6 +301,7 @@ def summarise(df: pd.DataFrame, sweep: Sequence[str] | None = None) -> pd.DataFr
             row[f"{col}_mean"] = float(values.mean())
             row[f"{col}_std"] = float(values.std())
         finite = int(pd.to_numeric(part["pruned"], errors="coerce").notna().sum())
+        row["seeds_nan"] = len(part) - finite  # e.g. a collapsed STS-B model: Pearson undefined
         row["pruned_ci95"] = stats.t_halfwidth(row["pruned_std"], finite)
         row["achieved_ratio_mean"] = float(pd.to_numeric(part["achieved_ratio"]).mean())
         rows.append(row)

@@ -92,7 +92,7 @@ def _summary_section(part: pd.DataFrame, keys: Sequence[str], metric: str) -> li
         cells = [[*ident(r), f"{r['achieved_ratio_mean']:.2f}",
                   _pm(r["pruned_mean"], r["pruned_std"]),
                   _pm(r["pruned_last_mean"], r["pruned_last_std"]),
-                  _pm(r["dense_mean"], r["dense_std"]), str(r["seeds"])]
+                  _pm(r["dense_mean"], r["dense_std"]), _seeds(r)]
                  for _, r in rows.iterrows()]
         lines += [f"### {title}", ""]
         lines += _table(head, align, cells) if cells else ["None.", ""]
@@ -148,6 +148,12 @@ def _dev_note(part: pd.DataFrame) -> list[str]:
 def _split(part: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     control = part["control"].astype(bool)
     return [("Methods", part[~control]), ("Sanity controls", part[control])]
+
+
+def _seeds(r: Any) -> str:
+    """The seed count, naming those whose metric is NaN (left out of the mean)."""
+    nan = int(r.get("seeds_nan", 0) or 0)
+    return f"{r['seeds']} ({nan} NaN, not in the mean)" if nan else str(r["seeds"])
 
 
 def _pm(mean: float, std: float) -> str:
