@@ -32,8 +32,9 @@ STEPS = [
     ("bench_data.py", [], ["S7"]),
     ("bench_precision.py", [], ["S8"]),
     ("bench_compact.py", [], ["S10"]),
+    ("bench_trace.py", [], ["S11"]),
 ]
-ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S10"]
+ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S10", "S11"]
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 

@@ -128,6 +128,7 @@ def stage_specs(
         "scheduler": _plain(cfg.scheduler) if cfg.get("scheduler") else None,
         "trainer": _trainer_spec(cfg.trainer),
         "epochs_dense": cfg.epochs_dense,
+        "trace_movement": bool(cfg.scoring.get("trace_movement", True)),  # the entry holds the trace
         "seed": cfg.seed,
         "selection": cfg.selection,  # the dense model kept is the selected epoch's
         "selection_fraction": cfg.selection_fraction if cfg.selection == "holdout" else None,

@@ -80,6 +80,9 @@ def run(cfg: DictConfig) -> dict:
     strategy = instantiate_checked(cfg.strategy)
     scored = scoring_config(cfg, strategy)  # controls such as shuffled score with another strategy
     scorer = strategy if scored is cfg else instantiate_checked(scored.strategy)
+    trace_movement = bool(cfg.scoring.get("trace_movement", True))
+    if scorer.from_dense and not trace_movement:
+        raise ConfigError(f"strategy {scorer.name!r} reads the movement trace of the dense fine-tune: set scoring.trace_movement=true.")
     if scorer.from_dense and cfg.epochs_dense < 1:
         raise ConfigError(f"strategy {scorer.name!r} is traced during the dense fine-tune: it needs epochs_dense >= 1, got {cfg.epochs_dense}.")
     if scorer.of is not None:
@@ -120,9 +123,9 @@ def run(cfg: DictConfig) -> dict:
         seeded = {k: v for k, v in initial.items() if not cfg.model.pretrained or k.startswith("head.")}
 
         def dense_stage(d: Path) -> None:
-            trace = MovementTrace(list(prunable), d / TRACE)
+            traces = [MovementTrace(list(prunable), d / TRACE)] if trace_movement else []
             result = fine_tune(model, data, cfg, cfg.epochs_dense, out, "dense",  # seeded inside
-                               loggers=tracker.loggers("dense", use_wandb=False), callbacks=[trace])
+                               loggers=tracker.loggers("dense", use_wandb=False), callbacks=traces)
             outputs.save_dense(d, model, result, seeded, digest)
 
         if skip_dense:

@@ -293,3 +293,13 @@ def test_pretrained_scores_with_finetuned_rewind_train_from_the_dense_weights(ma
     torch.testing.assert_close(compact[name], dense[name] * masks[name], rtol=0, atol=0)
     sizes = json.loads((tmp_path / "run" / "results.json").read_text())["export_bytes"]
     assert sizes["compact"] < sizes["dense"]
+
+
+def test_the_trace_can_be_switched_off(make_cfg, tmp_path):
+    from deepcuts.errors import ConfigError
+
+    run(make_cfg("strategy=layer_mag_weight", "scoring.trace_movement=false", "epochs_final=0"))
+    assert list((tmp_path / "cache" / "dense").glob("*/model.safetensors"))
+    assert not list((tmp_path / "cache" / "dense").glob("*/movement.safetensors"))
+    with pytest.raises(ConfigError, match="trace_movement=true"):
+        run(make_cfg("strategy=movement", "scoring.trace_movement=false"))
