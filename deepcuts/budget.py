@@ -99,7 +99,7 @@ def reference_budget(name: str, num_labels: int = 2) -> Budget:
     prunable = the Linears matching the model YAML ``conf/model/<name>.yaml``'s ``prunable``."""
     import yaml
 
-    from deepcuts.model import random_encoder
+    from deepcuts.encoders import random_encoder
 
     spec = yaml.safe_load((MODEL_CONF / f"{name}.yaml").read_text())
     with torch.device("meta"):

@@ -61,7 +61,7 @@ def load_exported(folder: Path) -> ExportedModel:
     existed is a BERT with its pooler (the only architecture then)."""
     from transformers import AutoConfig, AutoModel
 
-    from deepcuts.model import model_class_for, pooler_kwargs
+    from deepcuts.encoders import model_class_for, pooler_kwargs
 
     folder = Path(folder)
     spec_file = folder / HEAD_SPEC_FILE

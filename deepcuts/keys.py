@@ -21,7 +21,7 @@ from deepcuts.store import config_key, file_sha256
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
-FINE_TUNE_CODE = ("data.py", "model.py", "training.py", "trace.py")
+FINE_TUNE_CODE = ("data.py", "encoders.py", "model.py", "training.py", "trace.py")
 SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
 RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")

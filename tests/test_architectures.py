@@ -16,9 +16,10 @@ from transformers import AutoModel
 from deepcuts import budget as B
 from deepcuts import masks as M
 from deepcuts.analysis import mask_iou as MI
+from deepcuts.encoders import random_encoder, unexplained_keys
 from deepcuts.errors import ConfigError
 from deepcuts.export import export_pruned, load_exported
-from deepcuts.model import build_model, load_tokenizer, pool, random_encoder, unexplained_keys
+from deepcuts.model import build_model, load_tokenizer, pool
 from deepcuts.pipeline import run
 
 # name -> (arch, encoder class, backbone, layer list, pooling, encoder inputs, Linears per layer)

@@ -85,7 +85,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_yaml_declares_its_architecture(name):
-    from deepcuts.model import ModelSpec
+    from deepcuts.encoders import ModelSpec
 
     cfg = hydra_cfg(f"model={name}")
     spec = ModelSpec.from_cfg(cfg.model)  # arch, backbone, pooling, layout, inputs: checked
