@@ -3,8 +3,10 @@
 The folder holds the encoder (``config.json`` + weights: ``AutoModel.from_pretrained(folder)``
 loads it without DeepCuts, whatever the architecture), ``head.safetensors`` (the task head's
 ``weight`` and ``bias``), ``task.json`` (the task: type, labels or score range) and ``head.json``
-(how the head reads the encoder: ``arch``, ``backbone``, ``pooling``, ``inputs``, ``layout``).
-:func:`load_exported` puts the three together again.
+(how the head reads the encoder: ``arch``, ``backbone``, ``pooling``, ``inputs``, ``layout``),
+the tokenizer's files and ``data.json`` (how the task's GLUE-format files are read: columns,
+header, metrics), so ``predict.py`` needs the folder and a file only. :func:`load_exported` puts
+encoder and head together again.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from torch import nn
 from deepcuts.masks import detach_masked_views, remove_masks
 from deepcuts.store import read_tensors, write_tensors
 
-HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE = "head.safetensors", "task.json", "head.json"
+HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE, DATA_FILE = "head.safetensors", "task.json", "head.json", "data.json"
+DATA_KEYS = ("name", "text_columns", "label_column", "header", "columns", "task", "metrics", "monitor",
+             "monitor_mode", "max_length", "eval_batch_size")
 
 
-def export_pruned(model, folder: Path) -> Path:
+def export_pruned(model, folder: Path, tokenizer=None, data: dict | None = None) -> Path:
     """Write the encoder with ``prune.remove`` applied (pruned weights stored as exact zeros),
     loadable by ``AutoModel.from_pretrained(folder)`` without DeepCuts, plus the task head and
     what is needed to apply it (:data:`HEAD_SPEC_FILE`)."""
@@ -37,6 +41,10 @@ def export_pruned(model, folder: Path) -> Path:
     spec = {"arch": model.arch, "backbone": model.backbone, "pooling": model.pooling,
             "inputs": list(model.inputs), "layout": dict(model.layout)}
     (folder / HEAD_SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    if data is not None:  # the data YAML's reading settings (resolved), for predict.py
+        (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in DATA_KEYS if k in data}, indent=2))
     return folder
 
 

@@ -218,7 +218,7 @@ def _score_meta(score_dir: Path) -> dict:
     return {k: int(v) for k, v in tensor_metadata(score_dir / "scores.safetensors").items()}
 
 
-def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig) -> None:
+def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig, tokenizer=None) -> None:
     """Masks, sparsity table and config first; ``results.json`` last, so it marks completion."""
     write_tensors(out / MASKS, masks, metadata={"strategy": results["strategy"], "ratio": str(results["ratio"])})
     buf = io.StringIO()
@@ -232,7 +232,7 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig) -> 
         from deepcuts.compact import export_compact
         from deepcuts.export import export_pruned
 
-        export_pruned(model, out / EXPORT)
+        export_pruned(model, out / EXPORT, tokenizer, OmegaConf.to_container(cfg.data, resolve=True))
         compact = export_compact(model, masks, out / EXPORT)  # the whole model: kept values + bitmasks
         dense = sum(f.stat().st_size for f in (out / EXPORT).glob("*.safetensors") if f != compact)
         results = {**results, "export_bytes": {"dense": dense, "compact": compact.stat().st_size}}

@@ -179,7 +179,7 @@ def run(cfg: DictConfig) -> dict:
         )
         # the cache entries this run's stages came from (their folder names): what runs share
         results["stage_keys"] = {stage: config_key({"stage": stage, **specs[stage]}) for stage in ("dense", "scores")}
-        outputs.write_run(out, results, final_masks, model, cfg)
+        outputs.write_run(out, results, final_masks, model, cfg, tokenizer)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job
             cache.get_or_build("runs", specs["run"], lambda d: outputs.store_run(d, out))
         tracker.finish(results, M.sparsity_rows(final_masks))
