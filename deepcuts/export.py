@@ -22,6 +22,7 @@ from deepcuts.masks import detach_masked_views, remove_masks
 from deepcuts.store import read_tensors, write_tensors
 
 HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE, DATA_FILE = "head.safetensors", "task.json", "head.json", "data.json"
+STRUCTURE_KEY = "deepcuts_structure"  # config.json: per-layer heads_kept, neurons_kept, head_size
 DATA_KEYS = ("name", "text_columns", "label_column", "header", "columns", "task", "metrics", "monitor",
              "monitor_mode", "max_length", "eval_batch_size")
 
@@ -64,8 +65,29 @@ class ExportedModel(nn.Module):
         return task_output(self.head(pool(output, attention_mask, self.spec["pooling"])), self.task)
 
 
+def _load_structured(folder: Path, config, structure: dict, spec: dict, kwargs: dict) -> nn.Module:
+    """A structured export: the full-size encoder built from its config (no download), shrunk to
+    the recorded per-layer head counts and FFN widths, then its saved weights loaded (strict)."""
+    from transformers import AutoModel
+
+    from deepcuts.structured import shrink_to
+
+    encoder = AutoModel.from_config(config, dtype=torch.float32, **kwargs)
+    prefix = spec["backbone"] + "."
+    layout = {k: v.removeprefix(prefix) for k, v in spec["layout"].items()}
+    shrink_to(encoder, structure, layout, config.num_attention_heads)
+    state = {}
+    for path in sorted(folder.glob("model*.safetensors")):
+        if not path.name.endswith(".compact.safetensors"):
+            state.update(read_tensors(path))
+    encoder.load_state_dict(state, strict=True)
+    return encoder
+
+
 def load_exported(folder: Path) -> ExportedModel:
-    """An export folder back as a model, in eval mode. A folder written before ``head.json``
+    """An export folder back as a model, in eval mode: the one call for any export, masked or
+    structured (whose heads and neurons were removed: ``AutoModel.from_pretrained`` cannot load
+    it, its config's sizes are the original ones). A folder written before ``head.json``
     existed is a BERT with its pooler (the only architecture then)."""
     from transformers import AutoConfig, AutoModel
 
@@ -77,8 +99,12 @@ def load_exported(folder: Path) -> ExportedModel:
             {"arch": "bert", "backbone": "bert", "pooling": "pooler",
              "inputs": ["input_ids", "attention_mask", "token_type_ids"]})
     config = AutoConfig.from_pretrained(folder)
-    encoder = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32,
-                                        **pooler_kwargs(model_class_for(config), spec["pooling"]))
+    kwargs = pooler_kwargs(model_class_for(config), spec["pooling"])
+    structure = getattr(config, STRUCTURE_KEY, None)
+    if structure is None:
+        encoder = AutoModel.from_pretrained(folder, config=config, dtype=torch.float32, **kwargs)
+    else:  # heads and neurons removed: per-layer shapes no transformers config can express
+        encoder = _load_structured(folder, config, structure, spec, kwargs)
     state = read_tensors(folder / HEAD_FILE)
     head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)

@@ -147,7 +147,7 @@ def collect_results(
     cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
     timings: dict, cache: StageCache, score_dir: Path, strategy, scorer, key: str, scoring_at: str,
 ) -> dict:
-    total = B.count_parameters(model)
+    total = own_budget.total  # before any removal (structure): the ratio's own basis
     nonzero = B.count_nonzero(model)
     kept = sum(int(m.sum()) for m in masks.values())
     meta = _score_meta(score_dir)
@@ -233,7 +233,9 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig, tok
         from deepcuts.export import export_pruned
 
         export_pruned(model, out / EXPORT, tokenizer, OmegaConf.to_container(cfg.data, resolve=True))
-        compact = export_compact(model, masks, out / EXPORT)  # the whole model: kept values + bitmasks
+        compact = None  # a structured model is already dense and small: no compact copy
+        if results.get("structure") is None:
+            compact = export_compact(model, masks, out / EXPORT)  # the whole model: kept values + bitmasks
         dense = sum(f.stat().st_size for f in (out / EXPORT).glob("*.safetensors") if f != compact)
-        results = {**results, "export_bytes": {"dense": dense, "compact": compact.stat().st_size}}
+        results = {**results, "export_bytes": {"dense": dense, "compact": compact.stat().st_size if compact else None}}
     write_json(out / RESULTS, results)

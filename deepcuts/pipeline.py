@@ -23,6 +23,7 @@ from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import build_model, load_tokenizer
 from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
+from deepcuts.structured import Structure
 from deepcuts.store import StageCache, config_key, read_tensors, write_tensors
 from deepcuts.trace import TRACE, MovementTrace
 from deepcuts.tracking import tracking
@@ -91,6 +92,7 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(cfg, tokenizer)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
     own_budget = B.model_budget(model, prunable)
+    structure = Structure.from_cfg(cfg.get("structure"), model, strategy)  # None: element masks
     keep_fraction = resolve_keep_fraction(cfg, own_budget)
     if cfg.scoring.batches is not None and int(cfg.scoring.batches) <= 0:
         raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {cfg.scoring.batches}.")
@@ -156,11 +158,18 @@ def run(cfg: DictConfig) -> dict:
         scores = read_tensors(score_dir / "scores.safetensors")
         timings["scoring"] = time.perf_counter() - t
 
-        # 3. Masks, 4. rewind to the dense entry's own initial state, then attach the masks.
-        masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
+        # 3. Masks (or whole heads and neurons), 4. rewind to the dense entry's own initial state,
+        #    then attach the masks (or remove the groups: the rest runs on the smaller model).
+        if structure is None:
+            masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
+        else:
+            masks = structure.select(scores, prunable, keep_fraction, scorer.scope)
         if cfg.rewind == "pretrained" and dense_dir is not None:  # skipped dense: still initial
             model.load_state_dict(outputs.initial_state(dense_dir, initial))
-        M.apply_masks(model, masks)
+        if structure is None:
+            M.apply_masks(model, masks)
+        else:
+            structure.remove(model)
 
         # 5. Masked fine-tune with a fresh optimiser; the epoch kept follows cfg.selection.
         t = time.perf_counter()
@@ -172,11 +181,12 @@ def run(cfg: DictConfig) -> dict:
         timings["total"] = time.perf_counter() - t0
 
         # 6. The outputs contract; results.json last.
-        final_masks = M.current_masks(model)
+        final_masks = M.current_masks(model) if structure is None else masks  # original shapes
         results = outputs.collect_results(
             cfg, model, final_masks, own_budget, keep_fraction, dense, pruned, timings, cache, score_dir,
             strategy, scorer, key, at,
         )
+        results["structure"] = structure.record() if structure is not None else None
         # the cache entries this run's stages came from (their folder names): what runs share
         results["stage_keys"] = {stage: config_key({"stage": stage, **specs[stage]}) for stage in ("dense", "scores")}
         outputs.write_run(out, results, final_masks, model, cfg, tokenizer)
