@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
@@ -35,8 +37,8 @@ KINDS = ("none", "heads_neurons")
 REDUCE = ("sum", "mean")
 OPTIONS = {"group_score", "scope", "min_heads"}
 HEAD_ATTRS = ("num_attention_heads", "n_heads", "num_heads")  # per architecture; updated if present
-UNSUPPORTED = {"deberta-v2": "its relative-position attention projects the position embeddings with the "
-                             "query/key weights and reshapes by the configured head count"}
+# (DeBERTa-v2 reshapes by num_attention_heads: without the update its output is silently wrong)
+UNSHARED = ("pos_key_proj", "pos_query_proj")  # DeBERTa-v2 with share_att_key=false: not grouped
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,8 @@ def plan_groups(
     """The heads and neurons kept for ``keep_fraction`` of the prunable parameters (module doc)."""
     if scope not in ("layer", "global"):
         raise ConfigError(f"structure.scope must be 'layer' or 'global' (or null: the strategy's), got {scope!r}.")
-    if not 1 <= int(min_heads) <= groups.heads:
-        raise ConfigError(f"structure.min_heads must be in [1, {groups.heads}], got {min_heads}: transformers' "
-                          "attention cannot run a layer with no heads.")
+    if not 0 <= int(min_heads) <= groups.heads:
+        raise ConfigError(f"structure.min_heads must be in [0, {groups.heads}], got {min_heads}.")
     head_scores, neuron_scores = group_scores(scores, groups, reduce)
     for name, s in (("head", head_scores), ("neuron", neuron_scores)):
         if not torch.isfinite(s).all():
@@ -198,16 +199,17 @@ def plan_masks(plan: Plan, prunable: dict[str, torch.Tensor], groups: Groups) ->
 def _replace(model: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
-    setattr(parent, child, prune_linear_layer(getattr(parent, child), index, dim))
+    old = getattr(parent, child)
+    with warnings.catch_warnings():  # a group removed whole leaves a zero-size Linear: a no-op init
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = prune_linear_layer(old, index, dim)
+    setattr(parent, child, new.to(dtype=old.weight.dtype))  # prune_linear_layer builds in the default dtype
 
 
 @torch.no_grad()
-def remove_groups(model: nn.Module, plan: Plan, groups: Groups, arch: str | None = None) -> None:
+def remove_groups(model: nn.Module, plan: Plan, groups: Groups) -> None:
     """Remove the heads and neurons ``plan`` does not keep, in place (new, smaller Linears with the
     kept rows/columns; parameter names unchanged). Call before the optimiser is built."""
-    if arch in UNSUPPORTED:
-        raise ConfigError(f"structured pruning does not support arch={arch!r}: {UNSUPPORTED[arch]}. "
-                          "Use structure=none (element masks) for this model.")
     for i, prefix in enumerate(groups.layers):
         rows = plan.head_rows(i, groups.head_size)
         units = torch.tensor(plan.neurons[i], dtype=torch.long)
@@ -241,17 +243,19 @@ class Structure:
     scores (:meth:`select`, giving the equivalent element masks) and removes the rest after the
     rewind (:meth:`remove`)."""
 
-    def __init__(self, model: nn.Module, layout: dict, arch: str | None, scope: str | None = None,
+    def __init__(self, model: nn.Module, layout: dict, arch: str | None = None, scope: str | None = None,
                  group_score: str = "sum", min_heads: int = 1) -> None:
-        if arch in UNSUPPORTED:
-            raise ConfigError(f"structured pruning does not support arch={arch!r}: {UNSUPPORTED[arch]}. "
-                              "Use structure=none (element masks) for this model.")
+        attention = model.get_submodule(f"{layout['layers']}.0.{layout['query']}".rpartition(".")[0])
+        unshared = [a for a in UNSHARED if isinstance(getattr(attention, a, None), nn.Linear)]
+        if unshared:
+            raise ConfigError(f"structured pruning does not group {unshared} (arch={arch!r} with share_att_key=false: "
+                              "separate relative-position projections per head); use structure=none, or a model "
+                              "with share_att_key=true (DeBERTa-v3's default).")
         if group_score not in REDUCE:
             raise ConfigError(f"structure.group_score must be one of {REDUCE}, got {group_score!r}.")
         self.groups = model_groups(model, layout, model.encoder.config.num_attention_heads)
-        if not isinstance(min_heads, int) or not 1 <= min_heads <= self.groups.heads:
-            raise ConfigError(f"structure.min_heads must be an integer in [1, {self.groups.heads}], got {min_heads!r}: "
-                              "transformers' attention cannot run a layer with no heads.")
+        if not isinstance(min_heads, int) or not 0 <= min_heads <= self.groups.heads:
+            raise ConfigError(f"structure.min_heads must be an integer in [0, {self.groups.heads}], got {min_heads!r}.")
         self.arch, self.scope, self.reduce, self.min_heads = arch, scope, group_score, min_heads
         self.plan: Plan | None = None
 
@@ -284,7 +288,7 @@ class Structure:
     def remove(self, model: nn.Module) -> None:
         """Remove the unkept groups; the encoder's config records the per-layer counts so an
         export can be rebuilt (``deepcuts.export.load_exported``)."""
-        remove_groups(model, self.plan, self.groups, self.arch)
+        remove_groups(model, self.plan, self.groups)
         model.encoder.config.deepcuts_structure = {**self.plan.summary(), "head_size": self.groups.head_size}
 
     def record(self) -> dict:
