@@ -58,7 +58,7 @@ def is_complete(out: Path, key: str, save_model: bool = False) -> bool:
         return False
     return (
         results.get("status") == "complete" and results.get("run_key") == key and (out / MASKS).is_file()
-        and (not save_model or (out / EXPORT / "config.json").is_file())
+        and (not save_model or (out / EXPORT / "data.json").is_file())  # older exports lack it: redone
     )
 
 
