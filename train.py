@@ -24,10 +24,13 @@ def main(cfg: DictConfig) -> float | None:
     monitor = results["monitor"]
     dense = ("skipped (not needed)" if results.get("dense_skipped")
              else f"{monitor}={results['dense'].get(monitor, float('nan')):.4f}")
+    structure = results.get("structure")
+    removed = ("" if not structure else
+               f" (heads kept per layer {structure['heads_kept']}, FFN widths {structure['neurons_kept']})")
     log.info(
-        "%s %s ratio=%s seed=%s: dense %s, pruned %s=%.4f, achieved ratio %.3f",
+        "%s %s ratio=%s seed=%s: dense %s, pruned %s=%.4f, achieved ratio %.3f%s",
         results["data"], results["strategy"], results["ratio"], results["seed"], dense,
-        monitor, results["pruned"].get(monitor, float("nan")), results["achieved_ratio"],
+        monitor, results["pruned"].get(monitor, float("nan")), results["achieved_ratio"], removed,
     )
     return results["pruned"].get(results["monitor"])
 

@@ -31,6 +31,7 @@ from deepcuts.training import check_selection, check_trainer, fine_tune
 
 log = logging.getLogger(__name__)
 REWIND = ("pretrained", "finetuned")
+UNITS = "units.safetensors"  # a scores entry's per-unit scores, when the strategy has them
 STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
 
 
@@ -92,8 +93,8 @@ def run(cfg: DictConfig) -> dict:
     model = build_model(cfg, tokenizer)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
     own_budget = B.model_budget(model, prunable)
-    structure = Structure.from_cfg(cfg.get("structure"), model, strategy)  # None: element masks
     keep_fraction = resolve_keep_fraction(cfg, own_budget)
+    structure = Structure.from_cfg(cfg.get("structure"), model, strategy, scorer, prunable, keep_fraction)  # None: masks
     if cfg.scoring.batches is not None and int(cfg.scoring.batches) <= 0:
         raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {cfg.scoring.batches}.")
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not a view
@@ -150,12 +151,15 @@ def run(cfg: DictConfig) -> dict:
                 scores = run_scoring(model, prunable, scorer, loader, n_batches, cfg.scoring.dropout,
                                      trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
                 meta = {"batches": str(scorer.batches_seen)}
+                if scorer.units:  # per-unit scores (structure.group_score=native)
+                    write_tensors(d / UNITS, scorer.units)
                 if at == "pretrained" and dense_dir is not None:
                     outputs.load_dense(dense_dir, model)
             write_tensors(d / "scores.safetensors", scores, metadata=meta)
 
         score_dir = cache.get_or_build("scores", specs["scores"], score_stage, work=out / "scores")
         scores = read_tensors(score_dir / "scores.safetensors")
+        units = read_tensors(score_dir / UNITS) if (score_dir / UNITS).is_file() else None
         timings["scoring"] = time.perf_counter() - t
 
         # 3. Masks (or whole heads and neurons), 4. rewind to the dense entry's own initial state,
@@ -163,7 +167,7 @@ def run(cfg: DictConfig) -> dict:
         if structure is None:
             masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
         else:
-            masks = structure.select(scores, prunable, keep_fraction, scorer.scope)
+            masks = structure.select(scores, prunable, keep_fraction, scorer.scope, units)
         if cfg.rewind == "pretrained" and dense_dir is not None:  # skipped dense: still initial
             model.load_state_dict(outputs.initial_state(dense_dir, initial))
         if structure is None:

@@ -8,7 +8,9 @@ Groups, per encoder layer (names from the model YAML's ``layout``):
 - FFN neuron ``j``: row ``j`` of the FFN input weight and its bias, and column ``j`` of the FFN
   output weight.
 
-A group's score is the sum (or mean) of its entries' element scores, from any strategy. The budget
+A group's score is the sum (or mean) of its entries' element scores, from any strategy, or
+(``native``) the strategy's own per-unit score: Cam-Cut's channel weight ``|g_b (a_bar + lambda)|``
+summed over a head's query, key and value units, or a neuron's FFN input unit. The budget
 is the unstructured one, in parameters: the prunable parameters kept are ``f P`` (``f`` from the
 ratio, as for masks). Prunable tensors outside every group (the output biases, the pooler) are kept
 whole, so the groups keep ``f P - N`` parameters: heads keep that share of their count
@@ -34,8 +36,9 @@ from transformers.pytorch_utils import prune_linear_layer
 from deepcuts.errors import ConfigError
 
 KINDS = ("none", "heads_neurons")
-REDUCE = ("sum", "mean")
+REDUCE = ("sum", "mean", "native")  # native: the strategy's own per-unit scores (Cam-Cut)
 OPTIONS = {"group_score", "scope", "min_heads"}
+PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # the layout's Linears in a group
 HEAD_ATTRS = ("num_attention_heads", "n_heads", "num_heads")  # per architecture; updated if present
 # (DeBERTa-v2 reshapes by num_attention_heads: without the update its output is silently wrong)
 UNSHARED = ("pos_key_proj", "pos_query_proj")  # DeBERTa-v2 with share_att_key=false: not grouped
@@ -87,12 +90,30 @@ def _sum_parts(parts: list[tuple[torch.Tensor, int]], reduce: str) -> torch.Tens
     return total
 
 
-def group_scores(scores: dict[str, torch.Tensor], groups: Groups, reduce: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer scores ``[layers, heads]`` and ``[layers, neurons]`` from element scores. A group
-    tensor missing from ``scores`` (a bias outside the prunable set) adds nothing; the weights
-    are required."""
+def native_scores(units: dict[str, torch.Tensor], groups: Groups) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group scores from a strategy's per-output-unit scores: a head sums its query, key and value
+    units, a neuron is its FFN input unit."""
+    def unit(layer: int, part: str) -> torch.Tensor:
+        name = groups.name(layer, part).removesuffix(".weight")
+        if name not in units:
+            raise ConfigError(f"structure.group_score=native needs the strategy's unit score of {name!r} "
+                              "(Cam-Cut records one for every Linear whose bias is prunable).")
+        return units[name].double()
+
+    layers = range(len(groups.layers))
+    heads = [sum(unit(i, p).reshape(groups.heads, -1).sum(1) for p in ("query", "key", "value")) for i in layers]
+    return torch.stack(heads), torch.stack([unit(i, "ffn_in") for i in layers])
+
+
+def group_scores(scores: dict[str, torch.Tensor], groups: Groups, reduce: str = "sum",
+                 units: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer scores ``[layers, heads]`` and ``[layers, neurons]`` from element scores (a group
+    tensor missing from ``scores``, a bias outside the prunable set, adds nothing; the weights
+    are required), or from per-unit scores (``native``)."""
     if reduce not in REDUCE:
         raise ConfigError(f"structure.group_score must be one of {REDUCE}, got {reduce!r}.")
+    if reduce == "native":
+        return native_scores(units or {}, groups)
     d, heads, neurons = groups.head_size, [], []
 
     def get(layer: int, part: str, param: str) -> torch.Tensor | None:
@@ -120,6 +141,10 @@ def group_scores(scores: dict[str, torch.Tensor], groups: Groups, reduce: str = 
 def group_sizes(prunable: dict[str, torch.Tensor], groups: Groups) -> tuple[int, int]:
     """Prunable parameters per head and per neuron (biases counted when they are prunable)."""
     shapes = {name: t.shape for name, t in prunable.items()}
+    missing = [groups.name(i, part) for i in range(len(groups.layers)) for part in PARTS if groups.name(i, part) not in shapes]
+    if missing:
+        raise ConfigError(f"structured pruning removes whole heads and neurons, but {missing[:3]} are not prunable: "
+                          "prune.include must cover the layout's query, key, value, attn_out, ffn_in and ffn_out.")
     d, hidden = groups.head_size, shapes[groups.name(0, "query")][1]
     head = sum(d * hidden + (d if groups.name(0, p, "bias") in shapes else 0) for p in ("query", "key", "value"))
     head += shapes[groups.name(0, "attn_out")][0] * d
@@ -144,19 +169,10 @@ def _top_global(score: torch.Tensor, k: int, floor: int) -> list[list[int]]:
     return [sorted(j for i2, j in chosen if i2 == i) for i in range(layers)]
 
 
-def plan_groups(
-    scores: dict[str, torch.Tensor], prunable: dict[str, torch.Tensor], groups: Groups, keep_fraction: float,
-    scope: str = "layer", reduce: str = "sum", min_heads: int = 1,
-) -> Plan:
-    """The heads and neurons kept for ``keep_fraction`` of the prunable parameters (module doc)."""
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"structure.scope must be 'layer' or 'global' (or null: the strategy's), got {scope!r}.")
-    if not 0 <= int(min_heads) <= groups.heads:
-        raise ConfigError(f"structure.min_heads must be in [0, {groups.heads}], got {min_heads}.")
-    head_scores, neuron_scores = group_scores(scores, groups, reduce)
-    for name, s in (("head", head_scores), ("neuron", neuron_scores)):
-        if not torch.isfinite(s).all():
-            raise FloatingPointError(f"NaN/inf in the {name} scores: check the dense model's loss and the strategy.")
+def group_budget(prunable: dict[str, torch.Tensor], groups: Groups, keep_fraction: float,
+                 min_heads: int) -> tuple[int, int, int, float]:
+    """(parameters per head, per neuron, in all groups, the groups' share of ``keep_fraction``);
+    a ConfigError when that share cannot hold ``min_heads`` heads per layer."""
     head_size, neuron_size = group_sizes(prunable, groups)
     layers = len(groups.layers)
     grouped = layers * (groups.heads * head_size + groups.neurons * neuron_size)
@@ -166,7 +182,25 @@ def plan_groups(
     if target < least:
         raise ConfigError(
             f"keep_fraction {keep_fraction:.4f} leaves {max(target, 0):,.0f} parameters to heads and neurons, fewer "
-            f"than {least:,} for structure.min_heads={min_heads} per layer: choose a smaller ratio.")
+            f"than {least:,} for structure.min_heads={min_heads} per layer: choose a smaller ratio (or min_heads).")
+    return head_size, neuron_size, grouped, target
+
+
+def plan_groups(
+    scores: dict[str, torch.Tensor], prunable: dict[str, torch.Tensor], groups: Groups, keep_fraction: float,
+    scope: str = "layer", reduce: str = "sum", min_heads: int = 1, units: dict[str, torch.Tensor] | None = None,
+) -> Plan:
+    """The heads and neurons kept for ``keep_fraction`` of the prunable parameters (module doc)."""
+    if scope not in ("layer", "global"):
+        raise ConfigError(f"structure.scope must be 'layer' or 'global' (or null: the strategy's), got {scope!r}.")
+    if not 0 <= int(min_heads) <= groups.heads:
+        raise ConfigError(f"structure.min_heads must be in [0, {groups.heads}], got {min_heads}.")
+    head_scores, neuron_scores = group_scores(scores, groups, reduce, units)
+    for name, s in (("head", head_scores), ("neuron", neuron_scores)):
+        if not torch.isfinite(s).all():
+            raise FloatingPointError(f"NaN/inf in the {name} scores: check the dense model's loss and the strategy.")
+    head_size, neuron_size, grouped, target = group_budget(prunable, groups, keep_fraction, min_heads)
+    layers = len(groups.layers)
     g = target / grouped
     if scope == "layer":
         h = min(groups.heads, max(min_heads, round(g * groups.heads)))
@@ -260,8 +294,11 @@ class Structure:
         self.plan: Plan | None = None
 
     @classmethod
-    def from_cfg(cls, node, model: nn.Module, strategy) -> Structure | None:
-        """None for ``kind: none``; refuses controls that permute element masks."""
+    def from_cfg(cls, node, model: nn.Module, strategy, scorer=None, prunable: dict | None = None,
+                 keep_fraction: float | None = None) -> Structure | None:
+        """None for ``kind: none``; refuses controls that permute element masks, ``group_score:
+        native`` for a scorer without per-unit scores, and a keep fraction too small for
+        ``min_heads`` (all before any training)."""
         kind = node.get("kind", "none") if node is not None else "none"
         if kind not in KINDS:
             raise ConfigError(f"structure.kind must be one of {KINDS}, got {kind!r} (structure=none or structure=heads_neurons).")
@@ -276,12 +313,20 @@ class Structure:
         unknown = sorted(set(options) - OPTIONS)
         if unknown:
             raise ConfigError(f"structure has unknown key(s) {unknown}; it takes kind and {sorted(OPTIONS)}.")
-        return cls(model, model.layout, getattr(model, "arch", None), **options)
+        scorer = strategy if scorer is None else scorer
+        if options.get("group_score") == "native" and not scorer.unit_scores:
+            raise ConfigError(f"structure.group_score=native: strategy {scorer.name!r} has no per-unit score "
+                              "(the CAM strategies do); use group_score=sum or mean.")
+        structure = cls(model, model.layout, getattr(model, "arch", None), **options)
+        if prunable is not None and keep_fraction is not None:
+            group_budget(prunable, structure.groups, keep_fraction, structure.min_heads)
+        return structure
 
-    def select(self, scores: dict, prunable: dict, keep_fraction: float, strategy_scope: str) -> dict[str, torch.Tensor]:
+    def select(self, scores: dict, prunable: dict, keep_fraction: float, strategy_scope: str,
+               units: dict | None = None) -> dict[str, torch.Tensor]:
         """Plan the kept heads and neurons; returns the equivalent element masks (original shapes)."""
         scope = self.scope or ("global" if strategy_scope == "global" else "layer")
-        self.plan = plan_groups(scores, prunable, self.groups, keep_fraction, scope, self.reduce, self.min_heads)
+        self.plan = plan_groups(scores, prunable, self.groups, keep_fraction, scope, self.reduce, self.min_heads, units)
         self.used_scope = scope
         return plan_masks(self.plan, prunable, self.groups)
 

@@ -285,8 +285,41 @@ def test_structured_export_round_trip_same_outputs(make_cfg, tmp_path):
     (("structure.group_score=max",), "group_score"),
     (("strategy=shuffled",), "random"),
     (("model=tiny_deberta", "model.config.share_att_key=false"), "share_att_key"),
+    (("ratio=3",), "smaller ratio"),  # the tiny model's heads are too large a share for c = 3
+    (("prune.exclude=[bert.encoder.layer.*.attention.self.key]",), "not prunable"),
 ])
 def test_structure_config_errors_before_training(make_cfg, tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         run(make_cfg(*SMALL, "structure=heads_neurons", *overrides))
     assert not (tmp_path / "cache" / "dense").exists()
+
+
+def test_native_cam_cut_unit_scores_by_hand(make_cfg, tmp_path):
+    """Cam-Cut's channel weight U_k = sum_t |g_b,t,k (a_bar_t,k + lambda)|: the bias score
+    sum_t |b_k g_b,t,k (a_bar_t,k + lambda)| is |b_k| U_k exactly, whatever the batches; the plan is
+    the one its head (q, k, v units summed) and neuron (FFN input unit) scores give."""
+    cfg = make_cfg(*SMALL, "strategy=gradcam_shift", "structure=heads_neurons", "structure.group_score=native",
+                   "rewind=finetuned", "epochs_final=0", "ratio=2")
+    res = run(cfg)
+    entry = next((tmp_path / "cache" / "scores").glob("*/scores.safetensors")).parent
+    from deepcuts.store import read_tensors
+    scores, units = read_tensors(entry / "scores.safetensors"), read_tensors(entry / "units.safetensors")
+    dense = read_tensors(next((tmp_path / "cache" / "dense").glob("*/model.safetensors")))
+    assert set(units) == {n.removesuffix(".bias") for n in scores if n.endswith(".bias")}
+    for module, unit in units.items():
+        bias = dense[f"{module}.bias"].abs()
+        assert torch.allclose(unit * bias, scores[f"{module}.bias"], rtol=1e-5, atol=1e-12)
+    layout = dict(res["layout"])
+    groups = S.Groups([f"{layout['layers']}.{i}" for i in range(2)], layout, 2, 16, 64)  # tiny: 2 x 16 = 32
+    heads, neurons = S.native_scores(units, groups)
+    q = units[f"{layout['layers']}.0.{layout['query']}"] + units[f"{layout['layers']}.0.{layout['key']}"] \
+        + units[f"{layout['layers']}.0.{layout['value']}"]
+    assert torch.allclose(heads[0].float(), q.reshape(2, 16).sum(1))
+    assert torch.equal(neurons[1].float(), units[f"{layout['layers']}.1.{layout['ffn_in']}"])
+    kept = sorted(torch.sort(neurons[0], descending=True, stable=True).indices[: res["structure"]["neurons_kept"][0]].tolist())
+    assert res["structure"]["neurons"][0] == kept
+
+
+def test_native_needs_a_strategy_with_unit_scores(make_cfg):
+    with pytest.raises(ConfigError, match="no per-unit score"):
+        run(make_cfg(*SMALL, "strategy=layer_mag_grad", "structure=heads_neurons", "structure.group_score=native"))

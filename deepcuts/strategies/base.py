@@ -12,7 +12,9 @@ e.g. a sum of squares) and ``finalize`` (a last step per tensor, e.g. a square r
 ``needs_grad = False`` (a forward-only pass: Wanda); ``passes`` with ``pass_context`` (several
 passes per batch, each under its own context: SmoothGrad's noise, Integrated Gradients' scaled
 weights); ``at = "pretrained"`` (scored before fine-tuning: SNIP); ``from_dense = True`` (scores
-traced during the dense fine-tune, no scoring pass: movement). The comparison group is the YAML's
+traced during the dense fine-tune, no scoring pass: movement); ``units`` (a score per output unit of
+a Linear, module name -> ``[out_features]``, for structured pruning's ``group_score: native``:
+Grad-CAM's channel weight). The comparison group is the YAML's
 ``scope``: ``layer`` (within each tensor), ``row`` (within each output row) or ``global``.
 """
 
@@ -63,6 +65,7 @@ class Strategy(pl.Callback):
     passes = 1  # forward/backward passes per batch (eta for SmoothGrad, m for Integrated Gradients)
     control = False  # a sanity control (random, shuffled): reported apart from the methods
     of: str | None = None  # a control that reuses another strategy's scores names it here
+    unit_scores = False  # True: fills ``units`` (per output unit) for structure.group_score=native
 
     def __init__(
         self, name: str, scope: str = "layer", accumulate: str = "sum_abs", seed: int = 0
@@ -73,6 +76,7 @@ class Strategy(pl.Callback):
             raise ConfigError(f"scoring.accumulate must be one of {ACCUMULATE}, got {accumulate!r}.")
         self.name, self.scope, self.accumulate, self.seed = name, scope, accumulate, seed
         self.scores: dict[str, torch.Tensor] = {}
+        self.units: dict[str, torch.Tensor] = {}  # optional per-output-unit scores (see CAM)
         self.params: dict[str, nn.Parameter] = {}
         self.batches_seen = 0
         self._stack: contextlib.ExitStack | None = None
@@ -115,6 +119,7 @@ class Strategy(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = self.params = pl_module.prunable
         self.scores = {name: torch.zeros_like(p, memory_format=torch.contiguous_format) for name, p in params.items()}
+        self.units = {}
         self.batches_seen = 0
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(self.hooks(pl_module.model, params))
@@ -137,7 +142,7 @@ class Strategy(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self._close()
         if self.accumulate == "abs_of_mean":
-            for score in self.scores.values():
+            for score in [*self.scores.values(), *self.units.values()]:
                 score.abs_().div_(max(self.batches_seen, 1))
         self.scores = {name: self.finalize(name, self.params[name].detach(), s) for name, s in self.scores.items()}
 

@@ -59,7 +59,13 @@ class ActivationMeans:
 class GradCAM(Strategy):
     """LayerGradCAM: ``S = sum_t |W * G_t * (a_bar_t + shift)[:, None]|`` with ``shift = 0``;
     bias ``|b * g_b * (a_bar_t + shift)|``. ``a_bar_t`` is the Linear's pre-activation output,
-    averaged over the batch's real tokens."""
+    averaged over the batch's real tokens.
+
+    Per output unit ``k`` (Grad-CAM's channel weight, for ``structure.group_score=native``):
+    ``U_k = sum_t |g_b,t,k * (a_bar_t,k + shift)|``, ``g_b = dL/db`` the output's gradient summed
+    over tokens; recorded for every Linear whose bias is scored."""
+
+    unit_scores = True
 
     def __init__(self, name: str, shift: float = 0.0, include_padding: bool = False, **kwargs) -> None:
         super().__init__(name, **kwargs)
@@ -74,6 +80,13 @@ class GradCAM(Strategy):
 
     def batch_term(self, name: str, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return self.activations.weight_rows(name, grad.mul_(weight), self.shift)
+
+    def update(self, name: str, weight: torch.Tensor, grad: torch.Tensor | None) -> None:
+        if name.endswith(".bias"):  # the channel weight, before batch_term scales grad in place
+            unit = self.activations.weight_rows(name, grad.clone(), self.shift)
+            total = self.units.setdefault(name[: -len(".bias")], torch.zeros_like(unit))
+            total.add_(unit.abs_() if self.accumulate == "sum_abs" else unit)
+        super().update(name, weight, grad)
 
 
 class GradCAMShift(GradCAM):
