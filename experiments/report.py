@@ -1,10 +1,12 @@
 """Comparison report over finished runs (the paper's Figures 6-8 and their table).
 
     python experiments/report.py RUN_FOLDER [RUN_FOLDER ...] [--out OUT_FOLDER] [--baselines A,B]
+                                 [--pair-by KEY=REFERENCE ...]
 
 Folders are searched recursively for ``results.json``; ``--out`` defaults to ``FIRST/report``.
 Writes report.csv (summary), paired.csv (paired differences against the baselines), report.md and
-one plot per data set.
+one plot per data set; ``--pair-by structure.kind=none`` also pairs runs that differ only in that
+config key against its reference value, by seed (paired_structure.kind.csv and a report section).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
+from deepcuts.analysis.pair_by import PairByError  # noqa: E402
 from deepcuts.analysis.report import DEFAULT_BASELINES, write_report  # noqa: E402
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, reference = text.partition("=")
+    if not sep or not key.strip() or not reference.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=REFERENCE, e.g. structure.kind=none, "
+                                         f"got {text!r}")
+    return key.strip(), reference.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
                         help="comma-separated strategies every other strategy is paired against "
                              f"(default: {','.join(DEFAULT_BASELINES)})")
+    parser.add_argument("--pair-by", action="append", type=_pair, default=[],
+                        metavar="KEY=REFERENCE",
+                        help="also pair runs that differ only in config key KEY with those having "
+                             "KEY=REFERENCE, by seed (e.g. structure.kind=none; repeatable): "
+                             "writes paired_<KEY>.csv and a report section")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plots to W&B")
     parser.add_argument("--no-masks", action="store_true",
                         help="skip the mask-overlap heatmaps in report.html (they read every mask file)")
@@ -37,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such folder: {', '.join(missing)}")  # exit status 2
     out = args.out or args.folders[0] / "report"
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    written = write_report(args.folders, out, baselines=baselines, masks=not args.no_masks)
-    print(f"wrote {written['csv']}, {written['paired_csv']}, {written['markdown']} and "
+    try:
+        written = write_report(args.folders, out, baselines=baselines, masks=not args.no_masks,
+                               pair_by=args.pair_by)
+    except PairByError as err:
+        parser.error(f"--pair-by: {err}")  # exit status 2, nothing written
+    tables = [written["csv"], written["paired_csv"], *written["paired_across_csv"].values()]
+    print(f"wrote {', '.join(map(str, tables))}, {written['markdown']} and "
           f"{len(written['plots'])} plot(s)")
     if args.wandb:
         from deepcuts.analysis.wandb_upload import log_folder

@@ -372,14 +372,15 @@ def _mean(values: list[float]) -> float:
 
 def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
                  baselines: Sequence[str] = DEFAULT_BASELINES, html: bool = True,
-                 masks: bool = True) -> dict[str, Any]:
+                 masks: bool = True, pair_by: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Write report.csv (summary), paired.csv, report.md, ``<data>.png`` and (``html``)
     report.html, with mask-overlap heatmaps when ``masks``, under ``out``; print the Markdown
     and return its parts:
 
     ``{"csv", "paired_csv", "markdown", "html": Path, "plots": {data: Path}, "unfinished":
     [Path], "summary", "paired", "runs": DataFrame, "sweep_keys", "group_keys": [str],
-    "baselines"}``.
+    "baselines"}``; each ``pair_by`` (key, reference) adds ``paired_<key>.csv`` and a section
+    (:mod:`deepcuts.analysis.pair_by`; ``"paired_across"``, ``"paired_across_csv"``: by key).
     """
     folders = [Path(f) for f in folders]
     baselines = [str(b) for b in baselines]
@@ -392,6 +393,9 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
         runs = kept.drop(columns="config").reset_index(drop=True)
     summary = summarise(df, sweep)
     paired = paired_differences(df, baselines, sweep)
+    from deepcuts.analysis.pair_by import paired_across_all, write_paired_across
+
+    across = paired_across_all(df, pair_by, sweep)  # PairByError before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {
@@ -406,6 +410,9 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
     text = render_markdown(summary, paired, keys=keys, sweep=sweep, baselines=baselines,
                            folders=folders, unfinished={p: _state(p) for p in unfinished},
                            n_runs=len(runs), n_dupes=n_dupes)
+    written["paired_across_csv"], section = write_paired_across(across, out)
+    text += section  # "## Paired across `key` (reference `value`)", one per pair_by
+    written["paired_across"] = {key: table for key, _, table in across}
     times = stage_times(folders)
     times.to_csv(out / "timing.csv", index=False)
     text += ("\n## End-to-end time per run, as if nothing were cached (minutes, this machine)\n\n"
