@@ -23,8 +23,8 @@ from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
 from deepcuts.model import build_model, load_tokenizer
 from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
-from deepcuts.structured import Structure
 from deepcuts.store import StageCache, config_key, read_tensors, write_tensors
+from deepcuts.structured import Structure
 from deepcuts.trace import TRACE, MovementTrace
 from deepcuts.tracking import tracking
 from deepcuts.training import check_selection, check_trainer, fine_tune

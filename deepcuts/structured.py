@@ -25,9 +25,8 @@ number of heads >= 1; the attention module's head-count attributes are updated f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
