@@ -1,4 +1,4 @@
-"""Run every benchmark (S1-S8, S10), one script at a time, each in its own process.
+"""Run every benchmark (S1-S11), one script at a time, each in its own process.
 
 Writes ``results/<id>.json`` per target (the scripts do), then ``results/latest.json`` (all
 targets, one machine record) and refreshes the results table in ``benchmarks/README.md``.
@@ -31,10 +31,11 @@ STEPS = [
     ("bench_grid.py", [], ["S5"]),
     ("bench_data.py", [], ["S7"]),
     ("bench_precision.py", [], ["S8"]),
+    ("bench_structured.py", [], ["S9"]),
     ("bench_compact.py", [], ["S10"]),
     ("bench_trace.py", [], ["S11"]),
 ]
-ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S10", "S11"]
+ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11"]
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -98,6 +99,11 @@ def table(latest: dict) -> str:
                      f"×{r['ratio_vs_numpy_global']:.1f} numpy.quantile)")
         if i == "S5" and r.get("measured") is not None:
             extra = f" (stage-time ratio {r['stage_ratio']:.3f}; predicted {r['predicted_stage_ratio']:.3f}; ideal {r['ideal_ratio']:.3f})"
+        if i == "S9" and r.get("measured") is not None:
+            sp = {b: r["speedup"][f"batch_{b}"] for b in (1, 32)}
+            extra = (f" (c=3: batch 1 ×{sp[1]['structured_c3']:.2f}, batch 32 ×{sp[32]['structured_c3']:.2f}; c=2: "
+                     f"×{sp[1]['structured_c2']:.2f} / ×{sp[32]['structured_c2']:.2f}; unstructured CSR at c=3: "
+                     f"×{sp[1]['unstructured_csr_c3']:.2f} / ×{sp[32]['unstructured_csr_c3']:.2f})")
         if i == "S10" and r.get("measured") is not None:
             sizes = ", ".join(f"×{v:.2f} at {k}" for k, v in r["compact_vs_dense"].items())
             extra = f" (masked part alone {r['masked_bound']:.3f}; compact / dense file {sizes})"
@@ -119,7 +125,7 @@ def update_readme(text: str) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Run the deepcuts benchmark suite (S1-S8, S10).")
+    p = argparse.ArgumentParser(description="Run the deepcuts benchmark suite (S1-S11).")
     p.add_argument("--quick", action="store_true", help="fewer batches and repetitions (smoke run)")
     p.add_argument("--only", default=",".join(ORDER), help="comma-separated ids")
     p.add_argument("--no-readme", action="store_true", help="do not refresh the README table")

@@ -202,8 +202,20 @@ def machine() -> dict:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "device": device, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "device": device,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; None elsewhere): ``platform`` says x86_64 only."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
 
 
 def tensor_metadata(path: Path) -> dict[str, str]:
