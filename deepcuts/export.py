@@ -1,7 +1,9 @@
-"""Take a pruned model away: a plain transformers folder with the masks folded in.
+"""Take a pruned model away: a transformers folder with the masks folded in (or, structured, the
+smaller model).
 
-The folder holds the encoder (``config.json`` + weights: ``AutoModel.from_pretrained(folder)``
-loads it without DeepCuts, whatever the architecture), ``head.safetensors`` (the task head's
+The folder holds the encoder (``config.json`` + weights; a masked one loads with
+``AutoModel.from_pretrained(folder)`` without DeepCuts, whatever the architecture; a structured one,
+whose per-layer sizes no transformers config expresses, only with :func:`load_exported`), ``head.safetensors`` (the task head's
 ``weight`` and ``bias``), ``task.json`` (the task: type, labels or score range) and ``head.json``
 (how the head reads the encoder: ``arch``, ``backbone``, ``pooling``, ``inputs``, ``layout``),
 the tokenizer's files and ``data.json`` (how the task's GLUE-format files are read: columns,
@@ -28,9 +30,9 @@ DATA_KEYS = ("name", "text_columns", "label_column", "header", "columns", "task"
 
 
 def export_pruned(model, folder: Path, tokenizer=None, data: dict | None = None) -> Path:
-    """Write the encoder with ``prune.remove`` applied (pruned weights stored as exact zeros),
-    loadable by ``AutoModel.from_pretrained(folder)`` without DeepCuts, plus the task head and
-    what is needed to apply it (:data:`HEAD_SPEC_FILE`)."""
+    """Write the encoder with ``prune.remove`` applied (pruned weights stored as exact zeros;
+    masked models load with ``AutoModel.from_pretrained(folder)``, structured ones with
+    :func:`load_exported`), plus the task head and what is needed to apply it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     detach_masked_views(model)  # a masked weight computed with grad cannot be deep-copied
@@ -76,10 +78,11 @@ def _load_structured(folder: Path, config, structure: dict, spec: dict, kwargs: 
     prefix = spec["backbone"] + "."
     layout = {k: v.removeprefix(prefix) for k, v in spec["layout"].items()}
     shrink_to(encoder, structure, layout, config.num_attention_heads)
+    index = folder / "model.safetensors.index.json"  # sharded: the index names the shards
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     state = {}
-    for path in sorted(folder.glob("model*.safetensors")):
-        if not path.name.endswith(".compact.safetensors"):
-            state.update(read_tensors(path))
+    for name in files:
+        state.update(read_tensors(folder / name))
     encoder.load_state_dict(state, strict=True)
     return encoder
 

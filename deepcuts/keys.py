@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
 FINE_TUNE_CODE = ("data.py", "encoders.py", "model.py", "training.py", "trace.py")
 SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
-RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py", "structured.py")  # + the run strategy's files
+RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
 NOT_DATA = ("root", "cache_dir", "num_workers")  # where the data is, not what it is
 
@@ -151,7 +151,8 @@ def stage_specs(
         "strategy": _plain(cfg.strategy),
         **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
         "kept": keep_fraction,  # resolved: a reference basis (ratio_basis) is part of it
-        **({"structure": _plain(cfg.structure)} if _structured(cfg) else {}),  # none: keys as before
+        **({"structure": _plain(cfg.structure), "structure_code": code_digest(("structured.py",))}
+           if _structured(cfg) else {}),  # none: keys as before
         "code": [code_digest(RUN_CODE), strategy_digest(type(strategy))],
     }
     return {"dense": dense, "scores": scores, "run": run}

@@ -244,10 +244,14 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig, tok
         from deepcuts.compact import export_compact
         from deepcuts.export import export_pruned
 
-        export_pruned(model, out / EXPORT, tokenizer, OmegaConf.to_container(cfg.data, resolve=True))
+        tmp = out / f".{EXPORT}.tmp"  # built aside, then swapped in: no stale or half-written files
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_pruned(model, tmp, tokenizer, OmegaConf.to_container(cfg.data, resolve=True))
         compact = None  # a structured model is already dense and small: no compact copy
         if results.get("structure") is None:
-            compact = export_compact(model, masks, out / EXPORT)  # the whole model: kept values + bitmasks
-        dense = sum(f.stat().st_size for f in (out / EXPORT).glob("*.safetensors") if f != compact)
+            compact = export_compact(model, masks, tmp)  # the whole model: kept values + bitmasks
+        dense = sum(f.stat().st_size for f in tmp.glob("*.safetensors") if f != compact)
         results = {**results, "export_bytes": {"dense": dense, "compact": compact.stat().st_size if compact else None}}
+        shutil.rmtree(out / EXPORT, ignore_errors=True)
+        tmp.rename(out / EXPORT)
     write_json(out / RESULTS, results)

@@ -100,6 +100,9 @@ def build_metrics(data: dict) -> dict[str, Any]:
 
     metrics = {}
     for name, spec in (data.get("metrics") or {}).items():
+        target = str((spec or {}).get("_target_", "")) if isinstance(spec, dict) else ""
+        if not target.startswith("torchmetrics."):  # an export is data: never run code it names
+            raise ConfigError(f"data.json metric {name!r} names {target!r}; only torchmetrics classes are built.")
         try:
             metrics[name] = instantiate(spec)
         except Exception as err:  # hydra wraps the real cause; its message names the target

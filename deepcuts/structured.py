@@ -35,11 +35,12 @@ from transformers.pytorch_utils import prune_linear_layer
 from deepcuts.errors import ConfigError
 
 KINDS = ("none", "heads_neurons")
-REDUCE = ("sum", "mean", "native")  # native: the strategy's own per-unit scores (Cam-Cut)
+GROUP_SCORES = ("sum", "mean", "native")  # of the element scores; native: the strategy's per-unit scores
 OPTIONS = {"group_score", "scope", "min_heads"}
 PARTS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # the layout's Linears in a group
 HEAD_ATTRS = ("num_attention_heads", "n_heads", "num_heads")  # per architecture; updated if present
 # (DeBERTa-v2 reshapes by num_attention_heads: without the update its output is silently wrong)
+NO_EMPTY_ATTENTION = ("deberta-v2",)  # view(..., heads, -1) cannot infer a size with 0 heads
 UNSHARED = ("pos_key_proj", "pos_query_proj")  # DeBERTa-v2 with share_att_key=false: not grouped
 
 
@@ -81,11 +82,11 @@ class Plan:
         return {"heads_kept": [len(h) for h in self.heads], "neurons_kept": [len(n) for n in self.neurons]}
 
 
-def _sum_parts(parts: list[tuple[torch.Tensor, int]], reduce: str) -> torch.Tensor:
-    """``parts``: (score tensor, group dim) pairs already cut into [groups, ...]; summed per group."""
-    total = sum(t.double().reshape(t.shape[0], -1).sum(1) for t, _ in parts)
+def _sum_parts(parts: list[torch.Tensor], reduce: str) -> torch.Tensor:
+    """``parts``: score tensors already cut into ``[groups, ...]``; summed (or averaged) per group."""
+    total = sum(t.double().reshape(t.shape[0], -1).sum(1) for t in parts)
     if reduce == "mean":
-        total = total / sum(t[0].numel() for t, _ in parts)
+        total = total / sum(t[0].numel() for t in parts)
     return total
 
 
@@ -109,8 +110,8 @@ def group_scores(scores: dict[str, torch.Tensor], groups: Groups, reduce: str = 
     """Per-layer scores ``[layers, heads]`` and ``[layers, neurons]`` from element scores (a group
     tensor missing from ``scores``, a bias outside the prunable set, adds nothing; the weights
     are required), or from per-unit scores (``native``)."""
-    if reduce not in REDUCE:
-        raise ConfigError(f"structure.group_score must be one of {REDUCE}, got {reduce!r}.")
+    if reduce not in GROUP_SCORES:
+        raise ConfigError(f"structure.group_score must be one of {GROUP_SCORES}, got {reduce!r}.")
     if reduce == "native":
         return native_scores(units or {}, groups)
     d, heads, neurons = groups.head_size, [], []
@@ -127,12 +128,12 @@ def group_scores(scores: dict[str, torch.Tensor], groups: Groups, reduce: str = 
         for part in ("query", "key", "value"):
             for param in ("weight", "bias"):
                 if (t := get(i, part, param)) is not None:
-                    parts.append((t.reshape(groups.heads, d, *t.shape[1:]), 0))
+                    parts.append(t.reshape(groups.heads, d, *t.shape[1:]))
         out = get(i, "attn_out", "weight")
-        parts.append((out.reshape(out.shape[0], groups.heads, d).transpose(0, 1), 0))
+        parts.append(out.reshape(out.shape[0], groups.heads, d).transpose(0, 1))
         heads.append(_sum_parts(parts, reduce))
-        parts = [(t, 0) for param in ("weight", "bias") if (t := get(i, "ffn_in", param)) is not None]
-        parts.append((get(i, "ffn_out", "weight").t(), 0))
+        parts = [t for param in ("weight", "bias") if (t := get(i, "ffn_in", param)) is not None]
+        parts.append(get(i, "ffn_out", "weight").t())
         neurons.append(_sum_parts(parts, reduce))
     return torch.stack(heads), torch.stack(neurons)
 
@@ -192,7 +193,7 @@ def plan_groups(
     """The heads and neurons kept for ``keep_fraction`` of the prunable parameters (module doc)."""
     if scope not in ("layer", "global"):
         raise ConfigError(f"structure.scope must be 'layer' or 'global' (or null: the strategy's), got {scope!r}.")
-    if not 0 <= int(min_heads) <= groups.heads:
+    if not 0 <= min_heads <= groups.heads:
         raise ConfigError(f"structure.min_heads must be in [0, {groups.heads}], got {min_heads}.")
     head_scores, neuron_scores = group_scores(scores, groups, reduce, units)
     for name, s in (("head", head_scores), ("neuron", neuron_scores)):
@@ -284,12 +285,18 @@ class Structure:
             raise ConfigError(f"structured pruning does not group {unshared} (arch={arch!r} with share_att_key=false: "
                               "separate relative-position projections per head); use structure=none, or a model "
                               "with share_att_key=true (DeBERTa-v3's default).")
-        if group_score not in REDUCE:
-            raise ConfigError(f"structure.group_score must be one of {REDUCE}, got {group_score!r}.")
+        if group_score not in GROUP_SCORES:
+            raise ConfigError(f"structure.group_score must be one of {GROUP_SCORES}, got {group_score!r}.")
         self.groups = model_groups(model, layout, model.encoder.config.num_attention_heads)
         if not isinstance(min_heads, int) or not 0 <= min_heads <= self.groups.heads:
             raise ConfigError(f"structure.min_heads must be an integer in [0, {self.groups.heads}], got {min_heads!r}.")
+        if scope not in (None, "layer", "global"):
+            raise ConfigError(f"structure.scope must be layer, global or null (the strategy's), got {scope!r}.")
+        if min_heads == 0 and arch in NO_EMPTY_ATTENTION:
+            raise ConfigError(f"structure.min_heads=0 is not supported for arch={arch!r}: its attention reshapes by "
+                              "the head count and fails with no heads; use min_heads >= 1.")
         self.arch, self.scope, self.reduce, self.min_heads = arch, scope, group_score, min_heads
+        self.used_scope = scope
         self.plan: Plan | None = None
 
     @classmethod
@@ -313,9 +320,17 @@ class Structure:
         if unknown:
             raise ConfigError(f"structure has unknown key(s) {unknown}; it takes kind and {sorted(OPTIONS)}.")
         scorer = strategy if scorer is None else scorer
-        if options.get("group_score") == "native" and not scorer.unit_scores:
-            raise ConfigError(f"structure.group_score=native: strategy {scorer.name!r} has no per-unit score "
-                              "(the CAM strategies do); use group_score=sum or mean.")
+        if options.get("group_score") == "native":
+            if not scorer.unit_scores:
+                raise ConfigError(f"structure.group_score=native: strategy {scorer.name!r} has no per-unit score "
+                                  "(gradcam and gradcam_shift have one); use group_score=sum or mean.")
+            if prunable is not None:
+                groups = model_groups(model, model.layout, model.encoder.config.num_attention_heads)
+                missing = [groups.name(i, p, "bias") for i in range(len(groups.layers)) for p in ("query", "key", "value", "ffn_in")
+                           if groups.name(i, p, "bias") not in prunable]
+                if missing:
+                    raise ConfigError(f"structure.group_score=native reads the unit scores recorded with each bias, but "
+                                      f"{missing[:2]} are not prunable (or absent); use group_score=sum or mean.")
         structure = cls(model, model.layout, getattr(model, "arch", None), **options)
         if prunable is not None and keep_fraction is not None:
             group_budget(prunable, structure.groups, keep_fraction, structure.min_heads)

@@ -205,6 +205,13 @@ def test_bad_input_gives_a_clear_error_and_no_file(stsb, tmp_path, capsys, monke
     assert "score='?' is not a number" in err and "--no-labels" in err
     assert "must be positive" in cli_error(capsys, export, dev, "--out", str(out), "--batch-size", "0")
     assert "is the input file" in cli_error(capsys, export, dev, "--out", dev)
+    hostile = tmp_path / "hostile_export"  # an export is data: it may not name code to run
+    shutil.copytree(stsb["export"], hostile)
+    spec = json.loads((hostile / "data.json").read_text())
+    spec["metrics"]["pearson"] = {"_target_": "os.system", "command": "touch pwned"}
+    (hostile / "data.json").write_text(json.dumps(spec))
+    assert "only torchmetrics classes" in cli_error(capsys, str(hostile), dev, "--out", str(out))
+    assert not (tmp_path / "pwned").exists()
     assert leftovers(tmp_path) == [] and not out.exists()
 
 

@@ -285,7 +285,11 @@ def test_structured_export_round_trip_same_outputs(make_cfg, tmp_path):
     (("structure.group_score=max",), "group_score"),
     (("strategy=shuffled",), "random"),
     (("model=tiny_deberta", "model.config.share_att_key=false"), "share_att_key"),
-    (("ratio=3",), "smaller ratio"),  # the tiny model's heads are too large a share for c = 3
+    (("ratio=3",), "smaller ratio"),
+    (("structure.scope=globl",), "structure.scope"),
+    (("model=tiny_deberta", "structure.min_heads=0", "ratio=2"), "min_heads=0"),
+    (("strategy=gradcam_shift", "structure.group_score=native", "prune.exclude=[bert.encoder.layer.0.intermediate.dense]",
+      ), "not prunable"),  # the tiny model's heads are too large a share for c = 3
     (("prune.exclude=[bert.encoder.layer.*.attention.self.key]",), "not prunable"),
 ])
 def test_structure_config_errors_before_training(make_cfg, tmp_path, overrides, match):
@@ -323,3 +327,17 @@ def test_native_cam_cut_unit_scores_by_hand(make_cfg, tmp_path):
 def test_native_needs_a_strategy_with_unit_scores(make_cfg):
     with pytest.raises(ConfigError, match="no per-unit score"):
         run(make_cfg(*SMALL, "strategy=layer_mag_grad", "structure=heads_neurons", "structure.group_score=native"))
+
+
+def test_a_reused_output_folder_leaves_no_stale_export(make_cfg, tmp_path):
+    """Masked, then structured into the same folder: the export is replaced whole (no compact file
+    of the masked model left to be counted or loaded)."""
+    run(make_cfg(*SMALL, "ratio=2", "save_model=true", "epochs_final=0"))
+    assert (tmp_path / "run" / "pruned_model" / "model.compact.safetensors").is_file()
+    run(make_cfg(*SMALL, "ratio=2", "save_model=true", "epochs_final=0", "structure=heads_neurons"))
+    export = tmp_path / "run" / "pruned_model"
+    assert not (export / "model.compact.safetensors").exists()
+    assert not list(tmp_path.joinpath("run").glob(".pruned_model*"))
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert stored["export_bytes"]["dense"] == sum(f.stat().st_size for f in export.glob("*.safetensors"))
+    assert "deepcuts_structure" in json.loads((export / "config.json").read_text())
