@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,46 @@ def check_columns(ds: datasets.Dataset, path: Path, needed: list[str]) -> None:
         )
 
 
+def label_map(task: dict) -> dict[str, int] | None:
+    """``data.task.labels`` as name -> class id: a list gives the class names in id order
+    (``[entailment, not_entailment]``), a mapping gives them directly (``{entailment: 0, ...}``);
+    None when the task has no label names (labels are class ids, or scores)."""
+    labels = task.get("labels")
+    if labels is None:
+        return None
+    if task.get("type") != "classification":
+        raise ConfigError("data.task.labels names classes: it needs task.type: classification.")
+    if isinstance(labels, Mapping):
+        mapping = {str(name): value for name, value in labels.items()}
+    elif isinstance(labels, Sequence) and not isinstance(labels, str):
+        mapping = {str(name): i for i, name in enumerate(labels)}
+    else:
+        raise ConfigError(f"data.task.labels must be a list of class names in id order or a name -> id mapping, got {labels!r}.")
+    n = task.get("num_labels")
+    ids = sorted(set(mapping.values()))
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids) or ids != list(range(len(ids))) or n != len(ids):
+        raise ConfigError(
+            f"data.task.labels {labels!r} must give the class ids 0..num_labels-1 (num_labels: {n}), "
+            "each at least once; e.g. labels: [entailment, not_entailment] with num_labels: 2.")
+    return mapping
+
+
 def parse_labels(values: list[Any], task: dict, path: Path, column: str) -> list:
-    """Labels as numbers, checked against the task (class ids, or a score range)."""
+    """Labels as numbers, checked against the task (class ids, or a score range); text labels
+    through ``data.task.labels``."""
+    names = label_map(task)
+    if names is not None:
+        return _named_labels(values, names, path, column)
     out = []
     for row, value in enumerate(values):
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"{path}, row {row + 1}: {column}={value!r} is not a number."
-            ) from None
+            found = _found(values)
+            hint = (f" This file's labels look like names ({found}): give the class names in id order as "
+                    f"data.task.labels in the task's YAML, e.g. labels: [{', '.join(found.split(', ')[:2])}]."
+                    if task["type"] == "classification" else "")
+            raise ConfigError(f"{path}, row {row + 1}: {column}={value!r} is not a number.{hint}") from None
         if task["type"] == "classification":
             if number != int(number) or not 0 <= number < task["num_labels"]:
                 raise ConfigError(
@@ -102,6 +133,24 @@ def parse_labels(values: list[Any], task: dict, path: Path, column: str) -> list
                     f"[{task['min']}, {task['max']}]."
                 )
             out.append(number)
+    return out
+
+
+def _found(values: list[Any], limit: int = 8) -> str:
+    """The distinct labels of a column, in order of first appearance (the first ``limit``)."""
+    seen = list(dict.fromkeys(str(v).strip() for v in values))
+    return ", ".join(seen[:limit]) + (f", ... ({len(seen)} distinct)" if len(seen) > limit else "")
+
+
+def _named_labels(values: list[Any], names: dict[str, int], path: Path, column: str) -> list[int]:
+    out = []
+    for row, value in enumerate(values):
+        name = str(value).strip()
+        if name not in names:
+            raise ConfigError(
+                f"{path}, row {row + 1}: {column}={value!r} is not one of data.task.labels "
+                f"({', '.join(names)}). Labels in this file: {_found(values)}. Fix data.task.labels in the task's YAML.")
+        out.append(names[name])
     return out
 
 
@@ -179,6 +228,7 @@ class GlueDataModule(pl.LightningDataModule):
             raise ConfigError("text_columns must name one column (single sentence) or two (a pair).")
         if self.task.get("type") not in ("classification", "regression"):
             raise ConfigError("data.task.type must be 'classification' or 'regression'.")
+        label_map(self.task)  # a malformed data.task.labels fails here, before any file is read
         for split, limit in self.limits.items():
             if limit is not None and int(limit) <= 0:
                 raise ConfigError(f"max_{split}_samples must be a positive number or null, got {limit}.")
