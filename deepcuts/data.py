@@ -196,6 +196,7 @@ class GlueDataModule(pl.LightningDataModule):
         root: str | None = None,
         train_file: str = "train.tsv",
         eval_file: str = "dev.tsv",
+        extra_eval_files: dict[str, str] | None = None,
         header: bool = True,
         columns: list[str] | None = None,
         max_length: int = 128,
@@ -215,10 +216,15 @@ class GlueDataModule(pl.LightningDataModule):
         self.name, self.task = name, dict(task)
         self.text_columns, self.label_column = list(text_columns), label_column
         self.folder = resolve_root(root) / folder
-        self.files = {"train": train_file, "eval": eval_file}
+        self.extra_eval = dict(extra_eval_files or {})  # name -> file: more dev sets, logged as val/<name>/<metric>
+        for name in self.extra_eval:
+            if not str(name).isidentifier():
+                raise ConfigError(f"data.extra_eval_files: the name {name!r} must be a plain word (letters, digits, _).")
+        self.files = {"train": train_file, "eval": eval_file, **{f"eval-{n}": f for n, f in self.extra_eval.items()}}
         self.header, self.columns = header, columns
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
-        self.limits = {"train": max_train_samples, "eval": max_eval_samples}
+        self.limits = {"train": max_train_samples, "eval": max_eval_samples,
+                       **{f"eval-{n}": max_eval_samples for n in self.extra_eval}}
         self.subset_seed, self.num_workers, self.seed = subset_seed, num_workers, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.holdout_fraction = holdout_fraction
@@ -294,7 +300,7 @@ class GlueDataModule(pl.LightningDataModule):
         return tokenised
 
     def setup(self, stage: str | None = None) -> None:
-        for split in ("train", "eval"):
+        for split in ("train", "eval", *(f"eval-{n}" for n in self.extra_eval)):
             if split not in self.splits:
                 self.splits[split] = self._build(split)
         if self.holdout_fraction and "holdout" not in self.splits:
@@ -320,10 +326,16 @@ class GlueDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, self.seed)
 
+    def eval_sets(self) -> list[str]:
+        """What each validation loader is, in order: ``val`` (the dev set), ``holdout`` (the
+        selection slice, when there is one), then ``val/<name>`` per extra dev set."""
+        return ["val", *(["holdout"] if "holdout" in self.splits else []), *(f"val/{n}" for n in self.extra_eval)]
+
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The dev set, then the held-out selection slice of train when there is one."""
+        """The dev set, then the held-out selection slice of train when there is one, then the
+        extra dev sets (``data.extra_eval_files``)."""
         loaders = []
-        for split in ("eval", "holdout"):
+        for split in ("eval", "holdout", *(f"eval-{n}" for n in self.extra_eval)):
             if split not in self.splits:
                 continue
             sampler = None

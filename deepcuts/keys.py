@@ -96,7 +96,7 @@ def data_files(cfg: DictConfig) -> dict:
     folder = resolve_root(cfg.data.get("root")) / cfg.data.folder
     return {
         name: file_sha256(folder / name) if (folder / name).is_file() else None
-        for name in (cfg.data.train_file, cfg.data.eval_file)
+        for name in (cfg.data.train_file, cfg.data.eval_file, *(cfg.data.get("extra_eval_files") or {}).values())
     }
 
 

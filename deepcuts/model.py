@@ -101,7 +101,7 @@ class GlueModel(pl.LightningModule):
     # attributes set on instances (class attributes and methods are refused through hasattr)
     RESERVED = frozenset({"encoder", "head", "task", "layout", "inputs", "pooling", "backbone", "arch",
                           "regression", "val_metrics", "holdout_metrics", "optimizer_factory",
-                          "scheduler_factory", "stage", "prunable"})
+                          "scheduler_factory", "stage", "prunable", "extra_metrics", "eval_sets"})
 
     def __init__(
         self,
@@ -131,7 +131,9 @@ class GlueModel(pl.LightningModule):
         self.head = nn.Linear(encoder.config.hidden_size, out)
         self.val_metrics = MetricCollection(dict(metrics), prefix="val/")  # the dev set (reported)
         self.holdout_metrics = self.val_metrics.clone(prefix="holdout/")  # selection=holdout only
-        self._holdout_seen = False
+        self.extra_metrics = nn.ModuleDict()  # extra dev sets (data.extra_eval_files): set_eval_sets
+        self.eval_sets = ["val", "holdout"]  # what each validation loader is, in order
+        self._seen: set[str] = set()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
     @property
@@ -174,26 +176,37 @@ class GlueModel(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return loss
 
+    def set_eval_sets(self, names: list[str]) -> None:
+        """The validation loaders' order (``GlueDataModule.eval_sets``): ``val``, ``holdout``, and
+        ``val/<name>`` per extra dev set, whose metrics are logged as ``val/<name>/<metric>``."""
+        self.eval_sets = list(names)
+        for name in names:
+            if name.startswith("val/") and name[4:] not in self.extra_metrics:
+                self.extra_metrics[name[4:]] = self.val_metrics.clone(prefix=f"{name}/")
+
+    def _metrics_of(self, name: str) -> MetricCollection:
+        return {"val": self.val_metrics, "holdout": self.holdout_metrics}.get(name) or self.extra_metrics[name[4:]]
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loader 0 is the dev set; loader 1, when present, the held-out selection slice."""
+        """Loader ``i`` is ``eval_sets[i]``: the dev set, the held-out selection slice, extra dev sets."""
         out = self._forward_batch(batch)
-        prefix, metrics = ("val", self.val_metrics) if dataloader_idx == 0 else ("holdout", self.holdout_metrics)
-        self._holdout_seen |= dataloader_idx == 1
-        self.log(f"{prefix}/loss", self.loss_from_output(out, batch["labels"]), batch_size=len(out),
+        name = self.eval_sets[dataloader_idx] if dataloader_idx else "val"
+        self._seen.add(name)
+        self.log(f"{name}/loss", self.loss_from_output(out, batch["labels"]), batch_size=len(out),
                  sync_dist=True, add_dataloader_idx=False)
-        metrics.update(self.predictions(out), batch["labels"])
+        self._metrics_of(name).update(self.predictions(out), batch["labels"])
 
     def on_validation_epoch_start(self) -> None:
         # Fresh states made in this loop's own grad mode: Trainer.validate runs under
         # inference_mode and fit's validation under no_grad, which cannot update the former's.
-        self.val_metrics.reset()
-        self.holdout_metrics.reset()
-        self._holdout_seen = False
+        for metrics in (self.val_metrics, self.holdout_metrics, *self.extra_metrics.values()):
+            metrics.reset()
+        self._seen = set()
 
     def on_validation_epoch_end(self) -> None:
         # under DDP, compute() gathers every rank's state, so all ranks log the same global value
-        for metrics in (self.val_metrics, self.holdout_metrics) if self._holdout_seen else (self.val_metrics,):
-            self.log_dict({k: v.float() for k, v in metrics.compute().items()}, prog_bar=True,
+        for name in ("val", *(n for n in self.eval_sets if n != "val" and n in self._seen)):
+            self.log_dict({k: v.float() for k, v in self._metrics_of(name).compute().items()}, prog_bar=name in ("val", "holdout"),
                           sync_dist=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):

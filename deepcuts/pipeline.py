@@ -103,6 +103,7 @@ def run(cfg: DictConfig) -> dict:
         tokenizer, **OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed, holdout_fraction=holdout
     )
     data.setup()
+    model.set_eval_sets(data.eval_sets())  # the dev set, the holdout slice, extra dev sets
     loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
     n_batches = scoring_batches(scorer, cfg.scoring.batches, loader)
     at = scoring_state(cfg.scoring.get("at"), scorer)

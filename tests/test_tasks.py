@@ -97,3 +97,26 @@ def test_unquoted_hash_column_names_give_a_clear_error(make_cfg, tmp_path):
     root = write_task(tmp_path / "glue", "MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], rows)
     with pytest.raises(ConfigError, match=r"has no column\(s\).*it has \['Quality', '#1 ID'"):
         run(make_cfg("data=mrpc", f"data.root={root}", "data.text_columns=[String]", *SMALL))
+
+
+def test_two_dev_sets(make_cfg, tmp_path):
+    """MNLI: the matched dev set is the reported one (val/acc), mismatched is logged and kept beside it
+    (val/mismatched/acc) in every epoch's history; they differ when the files differ."""
+    labels = ["entailment", "neutral", "contradiction"]
+    rows = [[*PAIRS[i % len(PAIRS)], labels[i % 3]] for i in range(12)]
+    root = write_task(tmp_path / "glue", "MNLI", ["sentence1", "sentence2", "gold_label"], rows)
+    folder = root / "MNLI"
+    (folder / "train.tsv").rename(folder / "dev_matched.tsv")
+    write_task(root, "MNLI", ["sentence1", "sentence2", "gold_label"], rows)  # train.tsv again
+    (folder / "dev.tsv").unlink()
+    mismatched = [[r[1], r[0], labels[(i + 1) % 3]] for i, r in enumerate(rows)]
+    (folder / "dev_mismatched.tsv").write_text("sentence1\tsentence2\tgold_label\n" + "".join("\t".join(r) + "\n" for r in mismatched))
+    res = run(make_cfg("data=mnli", f"data.root={root}", *SMALL))
+    assert {"acc", "mismatched/acc", "mismatched/loss"} <= set(res["pruned"])
+    assert all("mismatched/acc" in epoch for epoch in res["history"]["pruned"])
+    assert res["pruned"]["acc"] != res["pruned"]["mismatched/acc"] or res["pruned"]["loss"] != res["pruned"]["mismatched/loss"]
+
+
+def test_a_bad_extra_dev_set_name(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="plain word"):
+        run(make_cfg("data=mnli", "+data.extra_eval_files={mis-matched: x.tsv}", *SMALL))
