@@ -13,6 +13,9 @@ log = logging.getLogger("deepcuts")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from deepcuts.logs import quiet_third_party
+
+    quiet_third_party()  # before the heavy imports: what they warn about is not the user's to fix
     from deepcuts.pipeline import run
 
     try:

@@ -21,7 +21,9 @@ from deepcuts import masks as M
 from deepcuts import outputs
 from deepcuts.data import GlueDataModule
 from deepcuts.errors import ConfigError
+from deepcuts.logs import quiet_third_party
 from deepcuts.model import build_model, load_tokenizer
+from deepcuts.progress import progress_settings
 from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
 from deepcuts.store import StageCache, config_key, read_tensors, write_tensors
 from deepcuts.structured import Structure
@@ -71,6 +73,7 @@ def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
 
 
 def run(cfg: DictConfig) -> dict:
+    quiet_third_party()
     out = outputs.prepare_output_dir(cfg.output_dir)
     t0, timings = time.perf_counter(), {}
     # Everything that can fail on bad input fails here, before any training.
@@ -78,6 +81,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"rewind={cfg.rewind!r} is unknown; use one of {REWIND}.")
     check_selection(cfg)
     check_trainer(cfg.trainer)
+    progress_settings(cfg.get("progress"))
     cache = StageCache(cfg.cache_dir, enabled=cfg.cache)
     strategy = instantiate_checked(cfg.strategy)
     scored = scoring_config(cfg, strategy)  # controls such as shuffled score with another strategy
@@ -149,8 +153,11 @@ def run(cfg: DictConfig) -> dict:
             else:
                 if at == "pretrained" and dense_dir is not None:
                     model.load_state_dict(outputs.initial_state(dense_dir, initial))
-                scores = run_scoring(model, prunable, scorer, loader, n_batches, cfg.scoring.dropout,
-                                     trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1})
+                # the configured count: run_scoring caps it (n_batches) and says so when it does
+                scores = run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                                     trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
+                                                     "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
+                                     progress=cfg.get("progress"))
                 meta = {"batches": str(scorer.batches_seen)}
                 if scorer.units:  # per-unit scores (structure.group_score=native)
                     write_tensors(d / UNITS, scorer.units)

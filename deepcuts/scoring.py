@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,10 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepcuts.errors import ConfigError
+from deepcuts.progress import progress_callbacks
 from deepcuts.strategies import Strategy
 from deepcuts.strategies.base import AT
 
 log = logging.getLogger(__name__)
+NO_OPTIMIZER = r"`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer"
 
 
 class ScoringPass(pl.LightningModule):
@@ -79,14 +82,18 @@ def preserved_state(model: nn.Module, prunable: dict[str, nn.Parameter]) -> Iter
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def scoring_batches(strategy: Strategy, batches: int | None, loader: DataLoader | None) -> int:
+def scoring_batches(strategy: Strategy, batches: int | None, loader: DataLoader | None,
+                    report_cap: bool = False) -> int:
     """The batches a scoring pass will see: ``batches`` (None: the strategy's default), capped at
-    one pass over ``loader``; 0 for strategies that need no data."""
+    one pass over ``loader``; 0 for strategies that need no data. ``report_cap`` logs the cap."""
     if not strategy.needs_data or strategy.from_dense:
         return 0
     n = strategy.default_batches if batches is None else int(batches)
     if n <= 0:
         raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {batches}.")
+    if report_cap and n > len(loader):
+        asked = f"scoring.batches={n}" if batches is not None else f"scoring.batches=null ({strategy.name}'s default {n})"
+        log.info("%s capped at one pass over the train set: %d batches", asked, len(loader))
     return min(n, len(loader))
 
 
@@ -98,14 +105,16 @@ def run_scoring(
     batches: int | None,
     dropout: bool = False,
     trainer_kwargs: dict | None = None,
+    progress: Mapping | None = None,
 ) -> dict[str, torch.Tensor]:
     """Scores for every prunable tensor. ``batches`` (None: the strategy's default) is capped at
-    one pass over ``loader``."""
+    one pass over ``loader``. ``progress``: the ``progress`` settings (:mod:`deepcuts.progress`)."""
     if not strategy.needs_data:
         return strategy.data_free_scores(prunable)
-    n = scoring_batches(strategy, batches, loader)
-    log.info("scoring %s: %d batches x %d %s passes", strategy.name, n, strategy.passes,
-             "forward/backward" if strategy.needs_grad else "forward-only")
+    n = scoring_batches(strategy, batches, loader, report_cap=True)
+    label = f"scoring {strategy.name}"
+    log.info("%s: %d batches x %d %s pass%s", label, n, strategy.passes,
+             "forward/backward" if strategy.needs_grad else "forward-only", "" if strategy.passes == 1 else "es")
     kwargs = dict(
         max_epochs=1,
         limit_train_batches=n,
@@ -114,10 +123,13 @@ def run_scoring(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[strategy],
     )
     kwargs.update(trainer_kwargs or {})
-    with preserved_state(model, prunable):
+    kwargs["callbacks"] = [strategy, *progress_callbacks(
+        progress, label, kwargs.get("enable_progress_bar", True), announce=False, label_bar=True)]  # announced above
+    with preserved_state(model, prunable), warnings.catch_warnings():
+        # a scoring pass has no optimiser by design: Lightning's warning says nothing to the user
+        warnings.filterwarnings("ignore", message=NO_OPTIMIZER, category=UserWarning)
         pl.Trainer(**kwargs).fit(ScoringPass(model, prunable, strategy, dropout), train_dataloaders=loader)
     return strategy.scores
 

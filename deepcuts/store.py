@@ -77,6 +77,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``; the file is removed on release, so no stale lock files
+    pile up beside the entries. A job that was waiting on a lock file removed meanwhile takes the
+    lock again on the file now at ``path``."""
+    while True:
+        fh = open(path, "a")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # still holding the lock: a waiter sees it gone and retries
+        fh.close()
+
+
 class StageCache:
     """``root/<stage>/<key>/`` folders of files, built once under a lock and checked on read."""
 
@@ -145,8 +167,7 @@ class StageCache:
         key = config_key({"stage": stage, **spec})
         entry = self.root / stage / key
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with open(entry.parent / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here, then finds the entry
+        with exclusive_lock(entry.parent / f"{key}.lock"):  # a second job waits here, then finds the entry
             if self._valid(entry):
                 log.info("cache hit: %s/%s", stage, key)
                 self.hits.append(stage)

@@ -3,6 +3,7 @@ epoch (on the task's monitor metric) loaded back into the model when asked."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from deepcuts.errors import ConfigError
 from deepcuts.masks import detach_masked_views
+from deepcuts.progress import STAGE_LABELS, progress_callbacks
 from deepcuts.store import write_json
 
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
@@ -139,6 +141,8 @@ def fine_tune(
             mode=mode, save_top_k=1, save_weights_only=True, filename=f"{stage}-best",
         )
         callbacks.append(checkpoint)
+    callbacks += progress_callbacks(cfg.get("progress"), STAGE_LABELS.get(stage, stage),
+                                    cfg.trainer.get("enable_progress_bar", True))
     logger = loggers if loggers is not None else [CSVLogger(save_dir=str(folder / "logs"), name=stage, version="")]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, max_epochs=epochs, callbacks=callbacks, logger=logger, default_root_dir=str(folder),
@@ -175,5 +179,7 @@ def fine_tune(
                 stage, "holdout" if selection == "holdout" else "dev", metric,
             )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # checkpoints/ only held this stage's files: no empty folder left
+        ckpt_dir.parent.rmdir()
     return {"selected": selected, "last": last, "history": history, "best_epoch": best_epoch,
             "selection": selection, "seconds": time.perf_counter() - start}
