@@ -11,6 +11,28 @@ from deepcuts.errors import ConfigError
 log = logging.getLogger("deepcuts")
 
 
+def summary_line(results: dict, keep_fraction_given: bool = False) -> str:
+    """A job's last line: what was asked and what was reached, then the metrics, e.g. ``stsb
+    gradcam_shift seed=0: ratio 3 on the bert_base basis (keep 14.7% of prunable weights) ->
+    achieved 1.68 on this model (22.7M -> 13.5M non-zero); dense pearson=0.7840, pruned
+    pearson=0.7602``."""
+    r, monitor = results, results["monitor"]
+    kept = f"keep {100 * r['keep_fraction']:.1f}% of prunable weights"
+    if keep_fraction_given:
+        asked = f"keep_fraction {r['keep_fraction']:g} ({kept.removeprefix('keep ')})"
+    else:
+        basis = "the model's own counts" if r["ratio_basis"] == "model" else f"the {r['ratio_basis']} basis"
+        asked = f"ratio {r['ratio']:g} on {basis} ({kept})"
+    reached = (f"achieved {r['achieved_ratio']:.2f} on this model ({r['total_parameters'] / 1e6:.1f}M -> "
+               f"{r['nonzero_parameters'] / 1e6:.1f}M non-zero)")
+    if structure := r.get("structure"):
+        reached += f", heads kept per layer {structure['heads_kept']}, FFN widths {structure['neurons_kept']}"
+    dense = ("dense skipped (not needed)" if r.get("dense_skipped")
+             else f"dense {monitor}={r['dense'].get(monitor, float('nan')):.4f}")
+    return (f"{r['data']} {r['strategy']} seed={r['seed']}: {asked} -> {reached}; {dense}, "
+            f"pruned {monitor}={r['pruned'].get(monitor, float('nan')):.4f}")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from deepcuts.logs import quiet_third_party
@@ -24,17 +46,7 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    monitor = results["monitor"]
-    dense = ("skipped (not needed)" if results.get("dense_skipped")
-             else f"{monitor}={results['dense'].get(monitor, float('nan')):.4f}")
-    structure = results.get("structure")
-    removed = ("" if not structure else
-               f" (heads kept per layer {structure['heads_kept']}, FFN widths {structure['neurons_kept']})")
-    log.info(
-        "%s %s ratio=%s seed=%s: dense %s, pruned %s=%.4f, achieved ratio %.3f%s",
-        results["data"], results["strategy"], results["ratio"], results["seed"], dense,
-        monitor, results["pruned"].get(monitor, float("nan")), results["achieved_ratio"], removed,
-    )
+    log.info("%s", summary_line(results, cfg.get("keep_fraction") is not None))
     return results["pruned"].get(results["monitor"])
 
 

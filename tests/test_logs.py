@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -163,3 +164,24 @@ def test_cache_lock_is_removed_and_still_serialises_builders(tmp_path):
     assert built == [1] and (second / "x.txt").read_text() == "x"
     assert cache.hits == ["dense"]
     assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_the_last_line_says_what_was_asked_and_what_was_reached():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).resolve().parents[1] / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    results = {"data": "stsb", "strategy": "gradcam_shift", "seed": 0, "ratio": 3.0, "ratio_basis": "bert_base",
+               "keep_fraction": 0.14736, "achieved_ratio": 1.6803, "total_parameters": 22_713_986,
+               "nonzero_parameters": 13_518_029, "monitor": "pearson", "dense": {"pearson": 0.784},
+               "pruned": {"pearson": 0.7602}, "structure": None}
+    line = train.summary_line(results)
+    assert line == ("stsb gradcam_shift seed=0: ratio 3 on the bert_base basis (keep 14.7% of prunable weights) -> "
+                    "achieved 1.68 on this model (22.7M -> 13.5M non-zero); dense pearson=0.7840, pruned pearson=0.7602")
+    own = train.summary_line({**results, "ratio_basis": "model", "dense_skipped": True,
+                              "structure": {"heads_kept": [2, 2], "neurons_kept": [183, 183]}})
+    assert "ratio 3 on the model's own counts" in own and "dense skipped" in own
+    assert "heads kept per layer [2, 2], FFN widths [183, 183]" in own
+    asked = train.summary_line({**results, "keep_fraction": 0.2}, keep_fraction_given=True)
+    assert "keep_fraction 0.2 (20.0% of prunable weights) -> achieved 1.68" in asked
