@@ -17,6 +17,8 @@ from typing import Any
 import pandas as pd
 
 from deepcuts.analysis.html import Heatmap, LinePlot, Section, Table, write_html
+from deepcuts.analysis.report_keys import metric_column, shown_metrics
+from deepcuts.analysis.report_plots import achieved_differs
 
 log = logging.getLogger(__name__)
 PAIRED_SHOWN = ["ratio", "strategy", "baseline", "seeds", "mean_diff", "t_low", "t_high",
@@ -31,6 +33,7 @@ def _label(row: dict, keys: Sequence[str]) -> str:
 
 
 def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.DataFrame:
+    others = [m for m in shown_metrics(part) if m != metric]
     return pd.DataFrame({
         "strategy": part["strategy"].astype(str),
         "ratio": part["ratio"],
@@ -40,24 +43,37 @@ def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.
         "95% CI low": part["pruned_mean"] - part["pruned_ci95"],
         "95% CI high": part["pruned_mean"] + part["pruned_ci95"],
         "last epoch": part["pruned_last_mean"],
+        **{f"pruned {m}": part[metric_column(part, "pruned", m)] for m in others},
         f"dense {metric}": part["dense_mean"],
+        **{f"dense {m}": part[metric_column(part, "dense", m)] for m in others
+           if f"dense_{m}_mean" in part},
         "achieved ratio": part["achieved_ratio_mean"],
     }).reset_index(drop=True)
 
 
 def _line_plot(data: str, part: pd.DataFrame, runs: pd.DataFrame, sweep: Sequence[str],
-               metric: str) -> LinePlot:
+               metric: str, references: Sequence[Any] = ()) -> LinePlot:
+    """The monitored metric vs ratio (the achieved one where it differs from the requested one),
+    the dense model and the constant predictor (majority class / dev mean) as lines."""
     keys = [k for k in ("selection", *sweep) if k in part and part[k].astype(str).nunique() > 1]
     series = [_label(r, keys) for r in part.to_dict("records")]
+    achieved = achieved_differs(part)
+    x = part["achieved_ratio_mean" if achieved else "ratio"].astype(float)
     frame = pd.DataFrame({
-        "series": series, "x": part["ratio"].astype(float), "y": part["pruned_mean"],
+        "series": series, "x": x, "y": part["pruned_mean"],
         "lo": part["pruned_mean"] - part["pruned_ci95"], "hi": part["pruned_mean"] + part["pruned_ci95"],
     })
     dense = runs.groupby("seed")["dense"].mean().mean() if not runs.empty else float("nan")
+    hlines = {} if pd.isna(dense) else {"dense (mean over seeds)": float(dense)}
+    for ref in references:
+        if metric in ref.values:
+            hlines[f"{ref.label} ({metric} {ref.values[metric]:.3g})"] = float(ref.values[metric])
+    requested = ", ".join(f"{r:g}" for r in sorted(part["ratio"].astype(float).unique()))
     return LinePlot(
         title=f"{data}: pruned dev {metric} vs compression ratio (mean over seeds, 95% t-interval)",
-        frame=frame, x_label="compression ratio", y_label=f"dev {metric}",
-        hlines={} if pd.isna(dense) else {"dense (mean over seeds)": float(dense)},
+        frame=frame, y_label=f"dev {metric}", hlines=hlines,
+        x_label=(f"achieved compression ratio (requested c = {requested})" if achieved
+                 else "compression ratio"),
     )
 
 
@@ -117,7 +133,10 @@ def write_html_report(written: dict[str, Any], folders: Sequence[Path], out: Pat
                                pairs[shown].reset_index(drop=True),
                                note="t: t-interval; boot: seeded bootstrap over seeds (10,000 "
                                     "resamples); wins: seeds where the method is better."))
-        items.append(_line_plot(str(data), part, data_runs, sweep, metric))
+        refs = written.get("references", {}).get(str(data), [])
+        items.extend(line.replace("`", "") for r in refs
+                     for line in [*(f"Reference: {x}." for x in r.lines), *r.notes])
+        items.append(_line_plot(str(data), part, data_runs, sweep, metric, refs))
         items.extend(heatmaps.get(str(data), []))
         sections.append(Section(f"{data} ({metric})", items))
     if written["unfinished"]:

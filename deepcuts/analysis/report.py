@@ -28,21 +28,31 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from deepcuts.analysis import stats
-from deepcuts.analysis.report_keys import MISSING, fmt, groups, norm, row_key, sort_value
+from deepcuts.analysis.reference import Reference, dev_references, with_references
+from deepcuts.analysis.report_keys import (
+    MISSING,
+    PHASES,
+    _metric_names,
+    fmt,
+    groups,
+    norm,
+    row_key,
+    sort_value,
+)
 from deepcuts.analysis.report_markdown import DEV_FLAG, render_markdown
 from deepcuts.analysis.report_plots import plot_ratio
 from deepcuts.analysis.timing import stage_times, timing_markdown
 from deepcuts.nested import flatten
 
-__all__ = ["DEFAULT_BASELINES", "DEV_FLAG", "ReportCallback", "collect_runs", "group_keys",
-           "paired_differences", "read_config", "summarise", "sweep_keys", "write_report"]
+__all__ = ["DEFAULT_BASELINES", "DEV_FLAG", "Reference", "ReportCallback", "collect_runs",
+           "dev_references", "group_keys", "paired_differences", "read_config", "summarise",
+           "sweep_keys", "write_report"]
 
 RESULTS = "results.json"
 CONFIG = "config.yaml"  # the resolved config, written beside results.json
 RUN_MARKERS = ("config.yaml", "masks.safetensors")  # files that make a folder a run folder
 FIELDS = ("data", "model", "strategy", "ratio", "ratio_basis", "seed", "monitor", "achieved_ratio")
 EXTRA = ("scope", "keep_fraction", "prunable_sparsity")
-PHASES = ("pruned", "pruned_last", "dense", "dense_last")  # selected / last epoch, after / before
 PHASE_FIELD = {"pruned": "pruned", "pruned_last": "pruned_last_epoch", "dense": "dense",
                "dense_last": "dense_last_epoch"}
 STATS = ["seeds", "seeds_nan", "pruned_mean", "pruned_std", "pruned_ci95", "pruned_last_mean",
@@ -151,8 +161,8 @@ def collect_runs(folders: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, li
                 "metric": monitor,
                 "higher_is_better": stats.higher_is_better(monitor, mode),
             }
-            for phase, field in PHASE_FIELD.items():
-                metrics = res.get(field)
+            for phase, source in PHASE_FIELD.items():
+                metrics = res.get(source)
                 row[phase] = _metric(metrics, monitor)
                 for name in metrics if isinstance(metrics, dict) else ():
                     row[f"{phase}_{name}"] = _metric(metrics, name)
@@ -165,14 +175,6 @@ def collect_runs(folders: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, li
     df = pd.DataFrame(rows, columns=[*fixed, *per_metric, "path", "mtime", "config"])
     df["config"] = df["config"].astype(object)
     return _with_sweep_columns(df, sweep_keys(df)), unfinished
-
-
-def _metric_names(columns: Iterable[str], phase: str) -> list[str]:
-    """Metric names of one phase among ``<phase>_<m>`` columns (``pruned_last_x`` is not a
-    ``pruned`` metric)."""
-    longer = [p for p in PHASES if p != phase and p.startswith(phase + "_")]
-    return sorted({c[len(phase) + 1:] for c in columns if c.startswith(phase + "_")
-                   and c not in PHASES and not any(c.startswith(p + "_") for p in longer)})
 
 
 def _config_value(config: Any, key: str) -> Any:
@@ -373,13 +375,15 @@ def _mean(values: list[float]) -> float:
 def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
                  baselines: Sequence[str] = DEFAULT_BASELINES, html: bool = True,
                  masks: bool = True, pair_by: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
-    """Write report.csv (summary), paired.csv, report.md, ``<data>.png`` and (``html``)
+    """Write report.csv (summary, every metric, ``reference_<metric>``: the constant predictor's
+    dev score), paired.csv, report.md, ``<data>.png`` (a panel per metric) and (``html``)
     report.html, with mask-overlap heatmaps when ``masks``, under ``out``; print the Markdown
     and return its parts:
 
     ``{"csv", "paired_csv", "markdown", "html": Path, "plots": {data: Path}, "unfinished":
     [Path], "summary", "paired", "runs": DataFrame, "sweep_keys", "group_keys": [str],
-    "baselines"}``; each ``pair_by`` (key, reference) adds ``paired_<key>.csv`` and a section
+    "baselines", "references": {data: [Reference]}}``; each ``pair_by`` (key, reference) adds
+    ``paired_<key>.csv`` and a section
     (:mod:`deepcuts.analysis.pair_by`; ``"paired_across"``, ``"paired_across_csv"``: by key).
     """
     folders = [Path(f) for f in folders]
@@ -404,12 +408,14 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
         "summary": summary, "paired": paired, "runs": runs, "sweep_keys": sweep,
         "group_keys": keys, "baselines": baselines,
     }
-    summary.to_csv(written["csv"], index=False)
+    references = dev_references(runs)
+    written["references"] = references
+    with_references(summary, references).to_csv(written["csv"], index=False)
     paired.to_csv(written["paired_csv"], index=False)
     n_dupes = len(df) - len(runs)
     text = render_markdown(summary, paired, keys=keys, sweep=sweep, baselines=baselines,
                            folders=folders, unfinished={p: _state(p) for p in unfinished},
-                           n_runs=len(runs), n_dupes=n_dupes)
+                           n_runs=len(runs), n_dupes=n_dupes, references=references)
     written["paired_across_csv"], section = write_paired_across(across, out)
     text += section  # "## Paired across `key` (reference `value`)", one per pair_by
     written["paired_across"] = {key: table for key, _, table in across}
@@ -421,7 +427,8 @@ def write_report(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
     written["timing"] = times
     for data, part in summary.groupby("data", sort=True):
         path = out / (re.sub(r"[^\w.-]", "_", str(data)) + ".png")
-        plot_ratio(str(data), part, runs[runs["data"].astype(str) == data], keys, path)
+        plot_ratio(str(data), part, runs[runs["data"].astype(str) == data], keys, path,
+                   references=references.get(str(data), []))
         written["plots"][data] = path
     if html:
         from deepcuts.analysis.html_report import write_html_report

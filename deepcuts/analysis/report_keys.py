@@ -9,12 +9,16 @@ and :mod:`~deepcuts.analysis.report_plots`; it imports none of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 
+from deepcuts.analysis.stats import higher_is_better
+
+PHASES = ("pruned", "pruned_last", "dense", "dense_last")  # selected / last epoch, after / before
 NONE = "—"  # a sweep key a run has no value for (no config.yaml, or an older config)
+HIDDEN_METRICS = ("loss",)  # in report.csv, not in the Markdown tables or the plots
 
 
 class _Missing:
@@ -75,3 +79,34 @@ def shown_keys(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k in ("model", "ratio_basis")
             or (k not in ("data", "strategy", "ratio", "metric", "selection")
                 and any(norm(v) is not MISSING for v in part[k]))]
+
+
+def shown_metrics(part: pd.DataFrame) -> list[str]:
+    """The metrics a table or plot of this part of the summary shows: the monitor(s) first, then
+    every other metric with a value (scores before errors, the main dev set before extra ones
+    like ``mismatched/acc``); ``loss`` is left out (it stays in report.csv)."""
+    monitors = sorted(part["metric"].astype(str).unique())
+    found = {c[len("pruned_"):-len("_mean")] for c in part.columns
+             if c.startswith("pruned_") and c.endswith("_mean") and c != "pruned_mean"
+             and not c.startswith("pruned_last_") and part[c].notna().any()}
+    others = sorted((m for m in found if m not in monitors
+                     and m.rsplit("/", 1)[-1] not in HIDDEN_METRICS),
+                    key=lambda m: ("/" in m, not higher_is_better(m), m))
+    return [*monitors, *others]
+
+
+def metric_column(part: pd.DataFrame, phase: str, metric: str, stat: str = "mean") -> str:
+    """The summary column of ``metric`` at ``phase`` (``pruned``, ``dense``, ...): the per-metric
+    one, else the monitor's own (old summaries, or a part with a single monitor)."""
+    column = f"{phase}_{metric}_{stat}"
+    if column in part.columns:
+        return column
+    return f"{phase}_{stat}"
+
+
+def _metric_names(columns: Iterable[str], phase: str) -> list[str]:
+    """Metric names of one phase among ``<phase>_<m>`` columns (``pruned_last_x`` is not a
+    ``pruned`` metric)."""
+    longer = [p for p in PHASES if p != phase and p.startswith(phase + "_")]
+    return sorted({c[len(phase) + 1:] for c in columns if c.startswith(phase + "_")
+                   and c not in PHASES and not any(c.startswith(p + "_") for p in longer)})

@@ -14,17 +14,28 @@ from typing import Any
 import pandas as pd
 
 from deepcuts.analysis import stats
-from deepcuts.analysis.report_keys import NONE, fmt, shown_keys
+from deepcuts.analysis.report_keys import (
+    HIDDEN_METRICS,
+    NONE,
+    fmt,
+    metric_column,
+    shown_keys,
+    shown_metrics,
+)
 
 DEV_FLAG = "selected on the reported set"
 
 
 def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequence[str],
                     sweep: Sequence[str], baselines: Sequence[str], folders: Sequence[Path],
-                    unfinished: dict[Path, str], n_runs: int, n_dupes: int) -> str:
+                    unfinished: dict[Path, str], n_runs: int, n_dupes: int,
+                    references: dict[str, list[Any]] | None = None) -> str:
     """The report's text. ``keys``: the group keys, ``sweep``: the sweep keys among them,
     ``unfinished``: each unfinished or failed run and why it does not count, ``n_runs``: the
-    runs counted, ``n_dupes``: older duplicate runs ignored."""
+    runs counted, ``n_dupes``: older duplicate runs ignored, ``references``: per data set the
+    constant predictor's dev scores (:class:`deepcuts.analysis.reference.Reference`), a line under
+    each table."""
+    references = references or {}
     where = ", ".join(f"`{f}`" for f in folders)
     lines = ["# DeepCuts comparison report", ""]
     if summary.empty:
@@ -35,7 +46,11 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
                   "over seeds, at the epoch the run's `selection` chose and at the last epoch."
                   + (f" Selection `dev` (also every run that predates `selection`) is {DEV_FLAG}: "
                      "the epoch was chosen on the dev set the metric is reported on."
-                     if dev else ""), ""]
+                     if dev else "")
+                  + " Every metric of the task is shown, the monitored one first ("
+                  + ", ".join(f"`{m}`" for m in HIDDEN_METRICS) + " only in report.csv); under "
+                  "each table, what a constant predictor scores on the dev set (the majority "
+                  "class, or the dev mean for regression).", ""]
         lines += ["Sweep keys (config values that differ within a data × model × ratio cell, "
                   "`strategy.*` ones within a strategy; rows are split by them and only runs "
                   "with equal values are paired): "
@@ -47,7 +62,8 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
                   ""]
     for data, part in summary.groupby("data", sort=True):
         metric = ", ".join(sorted(part["metric"].astype(str).unique()))
-        lines += [f"## {data} ({metric})", ""] + _summary_section(part, keys, metric)
+        lines += [f"## {data} ({metric})", ""] + _summary_section(
+            part, keys, metric, _reference_lines(references.get(str(data), [])))
 
     lines += ["## Paired differences", ""]
     names = ", ".join(f"`{b}`" for b in baselines) or "none"
@@ -80,23 +96,45 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
     return "\n".join(lines) + "\n"
 
 
-def _summary_section(part: pd.DataFrame, keys: Sequence[str], metric: str) -> list[str]:
+def _summary_section(part: pd.DataFrame, keys: Sequence[str], metric: str,
+                     reference: Sequence[str] = ()) -> list[str]:
+    """Per row: achieved ratio, every metric pruned (the monitor first), the monitor at the last
+    epoch, every metric of the dense model, the seeds; ``reference`` under each table."""
     head, align, ident = _row_head(part, keys)
-    head += ["achieved ratio", f"pruned {metric}", f"pruned {metric} (last epoch)",
-             f"dense {metric}", "seeds"]
-    align += ["---:"] * 5
+    metrics = shown_metrics(part)
+    single = part["metric"].astype(str).nunique() == 1
+    head += ["achieved ratio", *(f"pruned {m}" for m in metrics), f"pruned {metric} (last epoch)",
+             *(f"dense {m}" for m in metrics), "seeds"]
+    align += ["---:"] * (3 + 2 * len(metrics))
+
+    def col(r: Any, phase: str, m: str) -> str:
+        if single and m == metric:  # the monitor: the columns the statistics were made on
+            return _pm(r[f"{phase}_mean"], r[f"{phase}_std"])
+        return _pm(r.get(metric_column(part, phase, m)), r.get(metric_column(part, phase, m,
+                                                                             "std")))
+
     lines = _dev_note(part)
     for title, rows in _split(part):
         if title == "Sanity controls" and rows.empty:
             continue
         cells = [[*ident(r), f"{r['achieved_ratio_mean']:.2f}",
-                  _pm(r["pruned_mean"], r["pruned_std"]),
+                  *(col(r, "pruned", m) for m in metrics),
                   _pm(r["pruned_last_mean"], r["pruned_last_std"]),
-                  _pm(r["dense_mean"], r["dense_std"]), _seeds(r)]
+                  *(col(r, "dense", m) for m in metrics), _seeds(r)]
                  for _, r in rows.iterrows()]
         lines += [f"### {title}", ""]
         lines += _table(head, align, cells) if cells else ["None.", ""]
+        lines += [*reference, ""] if reference and cells else []
     return lines
+
+
+def _reference_lines(refs: Sequence[Any]) -> list[str]:
+    """One line per dev set with a constant-predictor reference, one per dev set without."""
+    out = [f"Reference, {line}." for r in refs for line in r.lines]
+    out += [note for r in refs for note in r.notes]
+    if not refs:
+        out = ["No reference line: no run folder names its dev set."]
+    return [line + "  " if i < len(out) - 1 else line for i, line in enumerate(out)]
 
 
 def _paired_section(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
