@@ -81,7 +81,7 @@ def test_corrupted_cache_entry_is_rebuilt_not_used(make_cfg, tmp_path):
     assert again["dense"] == first["dense"]
 
 
-@pytest.mark.parametrize(("override", "listed"), [("data=mnli", "sst2"), ("strategy=camcut", "gradcam_shift"), ("model=bert_large", "minilm")])
+@pytest.mark.parametrize(("override", "listed"), [("data=qqp", "sst2"), ("strategy=camcut", "gradcam_shift"), ("model=bert_large", "minilm")])
 def test_unknown_group_option_lists_the_available_ones(override, listed, tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", override, f"output_dir={tmp_path}"], cwd=REPO,
