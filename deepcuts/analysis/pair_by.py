@@ -35,7 +35,14 @@ from deepcuts.analysis.report import (
     sweep_keys,
 )
 from deepcuts.analysis.report_keys import MISSING, fmt, groups, norm, row_key
-from deepcuts.analysis.report_markdown import _dev_note, _interval, _row_head, _split, _table
+from deepcuts.analysis.report_markdown import (
+    _dev_note,
+    _paired_cells,
+    _reference_name,
+    _row_head,
+    _split,
+    _table,
+)
 
 __all__ = ["PairByError", "paired_across", "paired_across_all", "render_paired_across",
            "write_paired_across"]
@@ -241,13 +248,8 @@ def _section(part: pd.DataFrame, cell: Sequence[str], col: str, key: str) -> lis
             continue
         cells = []
         for _, r in rows.iterrows():
-            ref = r["baseline"] + (f" ({r['baseline_variant']})" if r["baseline_variant"] else "")
-            mean = "n/a" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.4f}"
             cells.append([*ident(r), fmt(r[col]), *([str(r["variant"])] if variant else []),
-                          ref, _ratios(r), str(r["seeds"]), mean,
-                          _interval(r["t_low"], r["t_high"]),
-                          _interval(r["boot_low"], r["boot_high"]),
-                          f"{r['wins']}/{r['seeds']}", str(r["verdict"])])
+                          _reference_name(r), _ratios(r), *_paired_cells(r)])
         lines += [f"#### {title}", ""] + _table(head, align, cells)
     return lines
 

@@ -148,14 +148,21 @@ def _paired_section(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
             continue
         cells = []
         for _, r in rows.iterrows():
-            base = r["baseline"] + (f" ({r['baseline_variant']})" if r["baseline_variant"] else "")
-            mean = "n/a" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.4f}"
-            cells.append([*ident(r), base, str(r["seeds"]), mean,
-                          _interval(r["t_low"], r["t_high"]),
-                          _interval(r["boot_low"], r["boot_high"]),
-                          f"{r['wins']}/{r['seeds']}", str(r["verdict"])])
+            cells.append([*ident(r), _reference_name(r), *_paired_cells(r)])
         lines += [f"#### {title}", ""] + _table(head, align, cells)
     return lines
+
+
+def _reference_name(r: Any) -> str:
+    """A paired row's reference: the baseline, with its variant when it has one."""
+    return r["baseline"] + (f" ({r['baseline_variant']})" if r["baseline_variant"] else "")
+
+
+def _paired_cells(r: Any) -> list[str]:
+    """A paired row's statistics: seeds, mean difference, t and bootstrap intervals, wins, verdict."""
+    mean = "n/a" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.4f}"
+    return [str(r["seeds"]), mean, _interval(r["t_low"], r["t_high"]), _interval(r["boot_low"], r["boot_high"]),
+            f"{r['wins']}/{r['seeds']}", str(r["verdict"])]
 
 
 def _row_head(part: pd.DataFrame, keys: Sequence[str]) -> tuple[list[str], list[str], Any]:
