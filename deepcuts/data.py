@@ -29,6 +29,7 @@ from deepcuts.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+EXAMPLE_INDEX = "example_index"  # train rows only: the row number in the (capped) train file
 
 
 def resolve_root(root: str | None) -> Path:
@@ -256,7 +257,7 @@ class GlueDataModule(pl.LightningDataModule):
             "task": self.task,
             "limit": self.limits[split],
             "subset_seed": self.subset_seed if split == "train" else None,
-            "format": 1,
+            "format": 2,  # 2: train rows carry their index
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -288,6 +289,8 @@ class GlueDataModule(pl.LightningDataModule):
         tokenised = raw.map(tokenize, batched=True, remove_columns=self.text_columns)
         keep = [c for c in MODEL_INPUTS if c in tokenised.column_names]
         tokenised = tokenised.select_columns(keep)
+        if split == "train":  # each example's row: what its cached teacher output is found by (distill)
+            tokenised = tokenised.add_column(EXAMPLE_INDEX, list(range(len(tokenised))))
         if cached is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=".tmp-"))
@@ -345,6 +348,10 @@ class GlueDataModule(pl.LightningDataModule):
                 sampler = UnrepeatedDistributedSampler(self.splits[split], shuffle=False)
             loaders.append(self._loader(split, self.eval_batch_size, None, sampler))
         return loaders[0] if len(loaders) == 1 else loaders
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The train set in file order, evaluation batch size (teacher outputs for distillation)."""
+        return self._loader("train", self.eval_batch_size, None)
 
     def scoring_dataloader(self, seed: int) -> DataLoader:
         """Train set in a seeded order of its own, for scoring passes."""

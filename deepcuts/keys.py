@@ -154,8 +154,21 @@ def stage_specs(
         **({"structure": _plain(cfg.structure), "structure_code": code_digest(("structured.py",))}
            if _structured(cfg) else {}),  # none: keys as before
         "code": [code_digest(RUN_CODE), strategy_digest(type(strategy))],
+        **_recipe(cfg),  # single shot, no distillation, no late rewind: keys as before
     }
     return {"dense": dense, "scores": scores, "run": run}
+
+
+def _recipe(cfg: DictConfig) -> dict:
+    """The run-key entries of the recovery levers, present only when one is used."""
+    extra = {}
+    if cfg.get("shots", 1) != 1:
+        extra |= {"shots": cfg.shots, "shot_epochs": cfg.get("shot_epochs", 1), "gradual_code": code_digest(("gradual.py",))}
+    if (distill := cfg.get("distill")) is not None and distill.get("alpha", 0):
+        extra |= {"distill": _plain(distill), "distill_code": code_digest(("distill.py",))}
+    if str(cfg.get("rewind")).startswith(("step:", "epoch:")):
+        extra |= {"rewind_code": code_digest(("rewind.py",))}
+    return extra
 
 
 def _structured(cfg: DictConfig) -> bool:

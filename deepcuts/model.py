@@ -101,7 +101,7 @@ class GlueModel(pl.LightningModule):
     # attributes set on instances (class attributes and methods are refused through hasattr)
     RESERVED = frozenset({"encoder", "head", "task", "layout", "inputs", "pooling", "backbone", "arch",
                           "regression", "val_metrics", "holdout_metrics", "optimizer_factory",
-                          "scheduler_factory", "stage", "prunable", "extra_metrics", "eval_sets"})
+                          "scheduler_factory", "stage", "prunable", "extra_metrics", "eval_sets", "teacher"})
 
     def __init__(
         self,
@@ -135,6 +135,7 @@ class GlueModel(pl.LightningModule):
         self.eval_sets = ["val", "holdout"]  # what each validation loader is, in order
         self._seen: set[str] = set()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.teacher = None  # a deepcuts.distill.Teacher during a distilled fine-tune (not in the state dict)
 
     @property
     def encoder(self) -> PreTrainedModel:
@@ -167,7 +168,10 @@ class GlueModel(pl.LightningModule):
         return out if self.regression else out.argmax(-1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
+        if self.teacher is None:
+            loss = self.loss(batch)
+        else:  # knowledge distillation from cached teacher outputs (deepcuts.distill)
+            loss = self.teacher.loss(self._forward_batch(batch), batch, self.loss_from_output, self.regression)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step} (stage: "

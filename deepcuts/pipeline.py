@@ -16,14 +16,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcuts import budget as B
+from deepcuts import gradual as G
 from deepcuts import keys as K
 from deepcuts import masks as M
 from deepcuts import outputs
 from deepcuts.data import GlueDataModule
+from deepcuts.distill import TEACHER_FILE, DistillSettings, Teacher, teacher_outputs
 from deepcuts.errors import ConfigError
 from deepcuts.logs import quiet_third_party
 from deepcuts.model import build_model, load_tokenizer
 from deepcuts.progress import progress_settings
+from deepcuts.rewind import REWIND_FILE, RewindPoint, replay, steps_per_epoch
 from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
 from deepcuts.store import StageCache, config_key, read_tensors, write_tensors
 from deepcuts.structured import Structure
@@ -32,7 +35,6 @@ from deepcuts.tracking import tracking
 from deepcuts.training import check_selection, check_trainer, fine_tune
 
 log = logging.getLogger(__name__)
-REWIND = ("pretrained", "finetuned")
 UNITS = "units.safetensors"  # a scores entry's per-unit scores, when the strategy has them
 STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
 
@@ -72,13 +74,24 @@ def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
     return B.budget_for(cfg.ratio_basis, own_budget).keep_fraction(cfg.ratio)
 
 
+def rescore(cfg: DictConfig, model, scored: DictConfig, loader) -> dict:
+    """The scores of the current model by a fresh instance of the scoring strategy (k-shot's
+    later rounds; not cached: they depend on the rounds before)."""
+    scorer = instantiate_checked(scored.strategy)
+    prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
+    return run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                       trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
+                                       "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
+                       progress=cfg.get("progress"))
+
+
 def run(cfg: DictConfig) -> dict:
     quiet_third_party()
     out = outputs.prepare_output_dir(cfg.output_dir)
     t0, timings = time.perf_counter(), {}
     # Everything that can fail on bad input fails here, before any training.
-    if cfg.rewind not in REWIND:
-        raise ConfigError(f"rewind={cfg.rewind!r} is unknown; use one of {REWIND}.")
+    point = RewindPoint.parse(cfg.rewind)
+    distill = DistillSettings.from_cfg(cfg.get("distill"))
     check_selection(cfg)
     check_trainer(cfg.trainer)
     progress_settings(cfg.get("progress"))
@@ -111,7 +124,11 @@ def run(cfg: DictConfig) -> dict:
     loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
     n_batches = scoring_batches(scorer, cfg.scoring.batches, loader)
     at = scoring_state(cfg.scoring.get("at"), scorer)
-    skip_dense = at == "pretrained" and cfg.rewind == "pretrained"  # nothing needs the dense model
+    shots = G.check_shots(cfg, strategy, scorer, structure is not None, at)
+    point.check(cfg.epochs_dense, steps_per_epoch(len(data.train_dataloader()),
+                                                  cfg.trainer.get("accumulate_grad_batches", 1)))
+    # nothing needs the dense model: no scores of it, no rewind into it, no teacher
+    skip_dense = at == "pretrained" and point.initial and not distill.enabled
     digest = K.state_digest(initial)
     specs = K.stage_specs(cfg, digest, scorer, n_batches, strategy, scored, at, keep_fraction)
     key = K.run_key(specs)
@@ -143,6 +160,31 @@ def run(cfg: DictConfig) -> dict:
             dense = outputs.load_dense(dense_dir, model)
         timings["dense"] = time.perf_counter() - t
 
+        # 1b. What the later stages take from the dense fine-tune besides its weights: the
+        #     teacher's outputs (distill) and the weights at a late rewind point (replayed).
+        teacher = None
+        if distill.enabled:
+            t = time.perf_counter()
+            teacher_dir = cache.get_or_build(
+                "teacher", {"dense": specs["dense"], "code": K.code_digest(("distill.py",))},
+                lambda d: write_tensors(d / TEACHER_FILE, {"outputs": teacher_outputs(model, data.train_eval_dataloader())}),
+                work=out / "teacher")
+            teacher = Teacher(read_tensors(teacher_dir / TEACHER_FILE)["outputs"], distill)
+            timings["teacher"] = time.perf_counter() - t
+        rewind_state = None
+        if point.late:
+            t = time.perf_counter()
+
+            def rewind_stage(d: Path) -> None:
+                write_tensors(d / REWIND_FILE, replay(model, data, cfg, point, outputs.initial_state(dense_dir, initial), d))
+                outputs.load_dense(dense_dir, model)  # back to the dense model for scoring
+
+            rewind_dir = cache.get_or_build(
+                "rewind", {"dense": specs["dense"], "point": point.spec(), "code": K.code_digest(("rewind.py",))},
+                rewind_stage, work=out / "rewind")
+            rewind_state = read_tensors(rewind_dir / REWIND_FILE)
+            timings["rewind"] = time.perf_counter() - t
+
         # 2. Scores (shared by every ratio and by the layer/global variants of a strategy), at the
         #    fine-tuned model, at the initial one (scoring.at=pretrained), or traced while training.
         t = time.perf_counter()
@@ -170,14 +212,38 @@ def run(cfg: DictConfig) -> dict:
         units = read_tensors(score_dir / UNITS) if (score_dir / UNITS).is_file() else None
         timings["scoring"] = time.perf_counter() - t
 
-        # 3. Masks (or whole heads and neurons), 4. rewind to the dense entry's own initial state,
-        #    then attach the masks (or remove the groups: the rest runs on the smaller model).
+        model.teacher = teacher  # every masked fine-tune learns from it (None: no distillation)
+
+        # 2b. k-shot: rounds 1..k-1 prune to the schedule's fraction and fine-tune shortly; each
+        #     later round re-scores the current model, among the weights still kept.
+        rounds = []
+        for t_round, fraction in enumerate(G.keep_schedule(keep_fraction, shots)[:-1], 1):
+            t = time.perf_counter()
+            if t_round > 1:
+                scores = G.restrict(rescore(cfg, model, scored, loader), masks)
+            masks = M.build_masks(scores, fraction, scorer.scope)
+            M.apply_masks(model, masks)
+            shot = fine_tune(model, data, cfg, cfg.shot_epochs, out, f"shot{t_round}",
+                             loggers=tracker.loggers(f"shot{t_round}", use_wandb=False))
+            M.remove_masks(model)  # zeros folded in: the next round scores a plain model
+            rounds.append({"round": t_round, "keep_fraction": fraction, "kept": int(sum(m.sum() for m in masks.values())),
+                           "dev": shot["selected"], "seconds": time.perf_counter() - t})
+        if shots > 1:
+            t = time.perf_counter()
+            scores = G.restrict(rescore(cfg, model, scored, loader), masks)
+            timings["shots"] = sum(r["seconds"] for r in rounds) + time.perf_counter() - t
+
+        # 3. Masks (or whole heads and neurons), 4. rewind to the dense entry's own initial state
+        #    (or a late point of the dense fine-tune), then attach the masks (or remove the
+        #    groups: the rest runs on the smaller model).
         if structure is None:
             masks = strategy.transform_masks(M.build_masks(scores, keep_fraction, scorer.scope))
         else:
             masks = structure.select(scores, prunable, keep_fraction, scorer.scope, units)
-        if cfg.rewind == "pretrained" and dense_dir is not None:  # skipped dense: still initial
+        if point.initial and dense_dir is not None:  # skipped dense: still initial
             model.load_state_dict(outputs.initial_state(dense_dir, initial))
+        elif point.late:
+            model.load_state_dict(rewind_state)
         if structure is None:
             M.apply_masks(model, masks)
         else:
@@ -191,6 +257,7 @@ def run(cfg: DictConfig) -> dict:
         )
         timings["pruned"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
+        model.teacher = None
 
         # 6. The outputs contract; results.json last.
         final_masks = M.current_masks(model) if structure is None else masks  # original shapes
@@ -199,6 +266,9 @@ def run(cfg: DictConfig) -> dict:
             strategy, scorer, key, at,
         )
         results["structure"] = structure.record() if structure is not None else None
+        results["recipe"] = {"shots": shots, "shot_epochs": cfg.get("shot_epochs", 1) if shots > 1 else None,
+                             "rounds": rounds, "distill": distill.record() if distill.enabled else None,
+                             "rewind": point.spec()}
         # the cache entries this run's stages came from (their folder names): what runs share
         results["stage_keys"] = {stage: config_key({"stage": stage, **specs[stage]}) for stage in ("dense", "scores")}
         outputs.write_run(out, results, final_masks, model, cfg, tokenizer)

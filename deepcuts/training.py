@@ -25,7 +25,16 @@ from deepcuts.masks import detach_masked_views
 from deepcuts.progress import STAGE_LABELS, progress_callbacks
 from deepcuts.store import write_json
 
-PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}
+PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}  # k-shot's intermediate fine-tunes "shot<t>": 100 + t
+
+
+def phase_seed(seed: int, stage: str) -> int:
+    """The seed a fine-tuning phase starts from: its own per stage, whatever ran before it."""
+    if stage in PHASE_SEED_OFFSET:
+        return seed + PHASE_SEED_OFFSET[stage]
+    if stage.startswith("shot") and stage[4:].isdigit():
+        return seed + 100 + int(stage[4:])
+    raise ValueError(f"unknown fine-tuning stage {stage!r}")
 SELECTION = ("last", "holdout", "dev")
 log = logging.getLogger(__name__)
 
@@ -151,7 +160,7 @@ def fine_tune(
     model.stage = stage
     # Each phase starts from its own seed, so a phase gives the same result whether the phases
     # before it ran in this process or came from the cache (or a killed job's completed stages).
-    pl.seed_everything(cfg.seed + PHASE_SEED_OFFSET[stage], workers=True, verbose=False)
+    pl.seed_everything(phase_seed(cfg.seed, stage), workers=True, verbose=False)
     detach_masked_views(model)  # picklable, for strategy=ddp_spawn
     start = time.perf_counter()
     if epochs > 0:
