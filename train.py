@@ -32,8 +32,23 @@ def summary_line(results: dict, keep_fraction_given: bool = False) -> str:
         reached += f", heads kept per layer {structure['heads_kept']}, FFN widths {structure['neurons_kept']}"
     dense = ("dense skipped (not needed)" if r.get("dense_skipped")
              else f"dense {monitor}={r['dense'].get(monitor, float('nan')):.4f}")
-    return (f"{r['data']} {r['strategy']} seed={r['seed']}: {asked} -> {reached}; {dense}, "
+    levers = recipe_words(r.get("recipe"))
+    return (f"{r['data']} {r['strategy']} seed={r['seed']}{levers}: {asked} -> {reached}; {dense}, "
             f"pruned {monitor}={r['pruned'].get(monitor, float('nan')):.4f}")
+
+
+def recipe_words(recipe: dict | None) -> str:
+    """The recovery levers a run used, e.g. `` (shots=3, distill alpha=0.5 T=2, rewind=epoch:1)``."""
+    if not recipe:
+        return ""
+    words = []
+    if recipe.get("shots", 1) > 1:
+        words.append(f"shots={recipe['shots']}")
+    if d := recipe.get("distill"):
+        words.append(f"distill alpha={d['alpha']:g} T={d['temperature']:g}")
+    if str(recipe.get("rewind", "")).startswith(("step:", "epoch:")):
+        words.append(f"rewind={recipe['rewind']}")
+    return f" ({', '.join(words)})" if words else ""
 
 
 def optimising_sweeper() -> str | None:

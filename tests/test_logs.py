@@ -185,3 +185,8 @@ def test_the_last_line_says_what_was_asked_and_what_was_reached():
     assert "heads kept per layer [2, 2], FFN widths [183, 183]" in own
     asked = train.summary_line({**results, "keep_fraction": 0.2}, keep_fraction_given=True)
     assert "keep_fraction 0.2 (20.0% of prunable weights) -> achieved 1.68" in asked
+    levers = train.summary_line({**results, "recipe": {"shots": 3, "distill": {"alpha": 0.5, "temperature": 2.0},
+                                                       "rewind": "epoch:1"}})
+    assert levers.startswith("stsb gradcam_shift seed=0 (shots=3, distill alpha=0.5 T=2, rewind=epoch:1): ratio 3")
+    plain = train.summary_line({**results, "recipe": {"shots": 1, "distill": None, "rewind": "pretrained"}})
+    assert plain == line

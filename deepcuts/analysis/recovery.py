@@ -1,0 +1,603 @@
+"""The recovery table (issue 15): what each recovery recipe (k-shot, distillation, late rewinding)
+recovers at high sparsity, paired by seed against the single shot, and what it costs.
+
+One row per data x model x ratio x strategy x recipe (and any other config key the runs differ
+in, so unlike runs are never averaged together). The recipe is the run's ``recipe_name`` (set by
+``conf/recipe``) or, when that is null, a label built from results.json's ``recipe``, e.g.
+``shots=2+distill+rewind=epoch:1``. Per row, over its seeds:
+
+- the pruned dev metric (the task's monitor, ``results["monitor"]``, at the kept epoch): mean and
+  95% Student-t interval; the dense fine-tune's mean;
+- ``% of dense``: the mean over seeds of pruned / dense (same seed, same dense model), with its
+  95% t-interval; with a target per data (``{"cola": 0.85}``) whether the mean reaches it, and
+  whether the interval's lower bound does too;
+- the paired difference ``recipe - reference`` of the pruned metric over the seeds both have
+  (same data, model, ratio, strategy, seed: the same dense model and data order), from
+  :func:`deepcuts.analysis.stats.paired`: mean, t and bootstrap 95% intervals, number of pairs;
+  seeds on one side only are named and left out. Like the comparison report, a difference counts
+  as detected only when both intervals exclude 0;
+- masked fine-tuning epochs in all: ``shot_epochs * (shots - 1) + epochs_final``;
+- wall time: the recipe's own work per job (results.json ``timings_s``: ``shots`` + ``pruned``
+  + ``scoring``, the scoring as built: from the job that built the run's scores, as
+  :mod:`deepcuts.analysis.timing` counts it, since a cache hit's ``timings_s`` only holds the load
+  time) and, separately, the one-off shared stages the recipe needs per seed (``teacher``
+  outputs for distillation, the ``rewind`` replay for late rewinding), counted only from a run
+  whose ``cache.builds`` lists that stage (a hit's time is the time to read the entry). The dense
+  fine-tune, needed by every recipe alike, is not counted (``experiments/report.py``'s timing
+  table has it).
+
+Runs are found and read by :func:`deepcuts.analysis.report.collect_runs` (results.json with
+status ``complete`` and the ``config.yaml`` beside it); a folder without a finished results.json
+is skipped with a warning; a rerun (same row and seed) replaces the older run. Reads only the
+outputs contract, never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from deepcuts.analysis import stats
+from deepcuts.analysis.report import RESULTS, _config_key, _latest, _state, collect_runs, sweep_keys
+from deepcuts.analysis.report_keys import fmt, groups, norm, sort_value
+from deepcuts.analysis.timing import _built, _stage_key
+
+__all__ = ["DEFAULT_REFERENCE", "RecoveryError", "load_runs", "parse_target", "recipe_label",
+           "recovery_markdown", "recovery_table", "write_recovery"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REFERENCE = "single_shot"
+RECIPE_ORDER = ("single_shot", "kshot", "kshot_distill", "kshot_distill_rewind")  # conf/recipe
+RECIPE_KEYS = ("recipe_name", "shots", "shot_epochs", "epochs_final", "rewind")  # + distill.*
+CELL = ("data", "model", "ratio_basis", "ratio", "strategy", "metric", "selection")
+SIGNATURE = ("shots", "shot_epochs", "epochs_final", "distill_alpha", "distill_temperature",
+             "rewind")
+LATE = ("step:", "epoch:")  # late rewinding points: a replay stage of their own
+COLUMNS = [
+    *CELL, "recipe", "recipe_name", *SIGNATURE, "masked_epochs", "seeds", "seed_list",
+    "seeds_nan", "higher_is_better", "pruned_mean", "pruned_std", "pruned_low", "pruned_high",
+    "dense_mean", "pct_dense_mean", "pct_dense_low", "pct_dense_high", "reference", "paired_n",
+    "paired_seeds", "unpaired_seeds", "diff_mean", "diff_t_low", "diff_t_high", "diff_boot_low",
+    "diff_boot_high", "covers_zero", "verdict", "target", "target_met", "target_met_lower",
+    "own_s_mean", "own_s_runs", "shots_s_mean", "pruned_s_mean", "scoring_s_mean",
+    "teacher_s_mean", "rewind_s_mean", "shared_s_mean", "shared_s_seeds",
+]
+
+
+class RecoveryError(ValueError):
+    """Nothing to tabulate (no complete run, no reference run, a bad target): nothing is written."""
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+def recipe_label(shots: int, distill: Mapping | None, rewind: Any) -> str:
+    """The label of an unnamed recipe: ``shots=2+distill+rewind=epoch:1``."""
+    parts = [f"shots={shots}"]
+    if distill:
+        parts.append("distill")
+    if rewind is not None:
+        parts.append(f"rewind={rewind}")
+    return "+".join(parts)
+
+
+def _recipe(config: Mapping | None, res: Mapping) -> dict[str, Any]:
+    """The recipe a run used, from results.json (``recipe``, ``epochs_final``; older runs without
+    ``recipe`` were single shots) and its config's ``recipe_name``."""
+    config = config if isinstance(config, Mapping) else {}
+    recipe = res.get("recipe") if isinstance(res.get("recipe"), Mapping) else {}
+    shots = int(recipe.get("shots") or 1)
+    shot_epochs = recipe.get("shot_epochs", config.get("shot_epochs")) if shots > 1 else None
+    epochs_final = res.get("epochs_final", config.get("epochs_final"))
+    distill = recipe.get("distill") if isinstance(recipe.get("distill"), Mapping) else None
+    rewind = recipe.get("rewind", res.get("rewind"))
+    name = config.get("recipe_name")
+    masked = math.nan
+    if isinstance(epochs_final, (int, float)) and (shots == 1 or isinstance(shot_epochs, (int, float))):
+        masked = (shot_epochs or 0) * (shots - 1) + epochs_final
+    return {
+        "recipe_name": name, "recipe_base": str(name) if name else recipe_label(shots, distill, rewind),
+        "shots": shots, "shot_epochs": shot_epochs, "epochs_final": epochs_final,
+        "distill_alpha": distill.get("alpha") if distill else None,
+        "distill_temperature": distill.get("temperature") if distill else None,
+        "rewind": rewind, "masked_epochs": masked,
+    }
+
+
+def _seconds(timings: Mapping, stage: str) -> float:
+    value = timings.get(stage) if isinstance(timings, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _builds(res: Mapping) -> list:
+    cache = res.get("cache")
+    return list(cache.get("builds") or []) if isinstance(cache, Mapping) else []
+
+
+def _stage_builds(results: list[dict], stage: str, key) -> dict:
+    """Seconds of a shared stage per key, from the runs whose ``cache.builds`` lists it."""
+    return {key(r): _seconds(r.get("timings_s", {}), stage) for r in results if stage in _builds(r)}
+
+
+def _timings(rows: list[dict]) -> None:
+    """Add each run's seconds: own work (``shots`` + ``pruned`` + scoring as built) and the shared
+    stages its recipe needs (teacher, rewind replay; as built), NaN where no run built them."""
+    results = [r["results"] for r in rows]
+    scores = _built(results, "scores")  # {stage key: seconds}, from the jobs that built them
+
+    def dense(r: dict):
+        return _stage_key(r, "dense")
+
+    teachers = _stage_builds(results, "teacher", dense)
+    rewinds = _stage_builds(results, "rewind", lambda r: (dense(r), _recipe({}, r)["rewind"]))
+    for row in rows:
+        res, timings = row["results"], row["results"].get("timings_s", {})
+        row["shots_s"] = _seconds(timings, "shots") if row["shots"] > 1 else 0.0
+        row["pruned_s"] = _seconds(timings, "pruned")
+        if "scores" in _builds(res):
+            row["scoring_s"] = _seconds(timings, "scoring")
+        else:
+            row["scoring_s"] = float(scores.get(_stage_key(res, "scores"), math.nan))
+        row["own_s"] = row["shots_s"] + row["pruned_s"] + row["scoring_s"]
+        late = str(row["rewind"]).startswith(LATE)
+        row["teacher_s"] = teachers.get(dense(res), math.nan) if row["distill_alpha"] else 0.0
+        row["rewind_s"] = rewinds.get((dense(res), row["rewind"]), math.nan) if late else 0.0
+        row["needs_shared"] = bool(row["distill_alpha"]) or late
+
+
+def _other_keys(df: pd.DataFrame) -> list[str]:
+    """Sweep keys besides the recipe's own: runs that differ in them are separate rows."""
+    def recipe_key(col: str) -> bool:
+        key = _config_key(col)
+        return key in RECIPE_KEYS or key.startswith("distill.")
+
+    return [c for c in sweep_keys(df) if not recipe_key(c)]
+
+
+def _labels(df: pd.DataFrame) -> pd.Series:
+    """``recipe_base``, with the differing settings appended where one name covers runs of
+    different settings (e.g. ``single_shot`` with an overridden ``epochs_final``)."""
+    labels = df["recipe_base"].astype(str).copy()
+    for base, part in df.groupby("recipe_base", sort=False):
+        sigs = {tuple(norm(r[k]) for k in SIGNATURE) for r in part.to_dict("records")}
+        if len(sigs) < 2:
+            continue
+        varying = [k for i, k in enumerate(SIGNATURE) if len({s[i] for s in sigs}) > 1]
+        for i, r in zip(part.index, part.to_dict("records"), strict=True):
+            labels[i] = f"{base} [{', '.join(f'{k}={fmt(r[k])}' for k in varying)}]"
+    return labels
+
+
+def load_runs(folders: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, dict[Path, str]]:
+    """The complete runs under ``folders`` with their recipe, seconds and results, one per row and
+    seed (the newest); and the folders skipped, with why (each also logged as a warning)."""
+    folders = [Path(f) for f in folders]
+    df, unfinished = collect_runs(folders)
+    skipped = {p: str(_state(p)) for p in unfinished}
+    for path, why in skipped.items():
+        log.warning("skipped %s: %s", path, why)
+    if df.empty:
+        where = ", ".join(map(str, folders))
+        more = f" ({len(skipped)} run folder(s) skipped: see the warnings)" if skipped else ""
+        raise RecoveryError(f"no complete run (a results.json with status 'complete') under "
+                            f"{where}{more}")
+    rows = []
+    for row in df.to_dict("records"):
+        res = json.loads((Path(row["path"]) / RESULTS).read_text())
+        rows.append({**row, **_recipe(row["config"], res), "results": res})
+    _timings(rows)
+    runs = pd.DataFrame(rows)
+    runs["recipe"] = _labels(runs)
+    other = _other_keys(df)
+    runs.attrs["other_keys"] = other
+    kept = _latest(runs, [*CELL, *other, "recipe"])
+    kept.attrs["other_keys"] = other
+    kept.attrs["replaced"] = len(runs) - len(kept)
+    return kept.reset_index(drop=True), skipped
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``cola=0.85`` -> ("cola", 0.85): the fraction of the dense metric a recipe should keep."""
+    data, sep, value = str(text).partition("=")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = math.nan
+    if not sep or not data.strip() or not math.isfinite(fraction):
+        raise RecoveryError(f"a target is DATA=FRACTION, e.g. cola=0.85; got {text!r}")
+    if not 0 < fraction <= 1.5:
+        raise RecoveryError(f"target {text!r}: a fraction of the dense metric, e.g. 0.85 "
+                            "(not a percentage)")
+    return data.strip(), fraction
+
+
+def _mean(values: Iterable[float]) -> float:
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else math.nan
+
+
+def _ratio(pruned: float, dense: float) -> float:
+    if not (math.isfinite(pruned) and math.isfinite(dense)) or dense == 0:
+        return math.nan
+    return pruned / dense
+
+
+def _by_seed(part: pd.DataFrame, column: str) -> dict[int, float]:
+    return {int(s): float(v) for s, v in zip(part["seed"], part[column], strict=True)}
+
+
+def _recipe_order(label: str, reference: str) -> tuple:
+    base = label.split(" [")[0]
+    rank = RECIPE_ORDER.index(base) if base in RECIPE_ORDER else len(RECIPE_ORDER)
+    return (base != reference, rank, label)
+
+
+def recovery_table(runs: pd.DataFrame, reference: str = DEFAULT_REFERENCE,
+                   targets: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per data x model x ratio x strategy x recipe (columns: :data:`COLUMNS` and the
+    other sweep keys); ``runs`` from :func:`load_runs`. Raises :class:`RecoveryError` when no run
+    has the ``reference`` recipe."""
+    targets = dict(targets or {})
+    other = list(runs.attrs.get("other_keys", []))
+    if not (runs["recipe_base"].astype(str) == reference).any():
+        found = ", ".join(sorted(runs["recipe_base"].astype(str).unique()))
+        raise RecoveryError(f"reference recipe {reference!r} not found: no run has recipe_name "
+                            f"{reference!r} (recipes found: {found}); pass --reference with one "
+                            f"of them")
+    ref_runs = runs[runs["recipe_base"].astype(str) == reference]
+    plain = bool((ref_runs["shots"] == 1).all() and ref_runs["distill_alpha"].isna().all())
+    cell = [*CELL, *other]
+    references: dict[tuple, list[pd.DataFrame]] = {}
+    for key, part in groups(runs, [*cell, "recipe"]).items():
+        if str(part.iloc[0]["recipe_base"]) == reference:
+            references.setdefault(key[:-1], []).append(part)
+    out = []
+    for key, part in groups(runs, [*cell, "recipe"]).items():
+        first = part.iloc[0]
+        higher = bool(first["higher_is_better"])
+        pruned, dense = _by_seed(part, "pruned"), _by_seed(part, "dense")
+        pct = {s: _ratio(pruned[s], dense[s]) for s in pruned}
+        row: dict[str, Any] = {k: first[k] for k in (*cell, "recipe", "recipe_name", *SIGNATURE)}
+        masked = sorted({float(v) for v in part["masked_epochs"] if math.isfinite(float(v))})
+        row["masked_epochs"] = (masked[0] if len(masked) == 1
+                                else "-".join(f"{m:g}" for m in masked) if masked else math.nan)
+        finite = [v for v in pruned.values() if math.isfinite(v)]
+        row.update({
+            "seeds": len(pruned), "seed_list": " ".join(map(str, sorted(pruned))),
+            "seeds_nan": len(pruned) - len(finite), "higher_is_better": higher,
+            "pruned_mean": _mean(finite),
+            "pruned_std": float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
+        })
+        row["pruned_low"], row["pruned_high"] = stats.t_interval(finite)
+        row["dense_mean"] = _mean(dense.values())
+        row["pct_dense_mean"] = _mean(pct.values())
+        row["pct_dense_low"], row["pct_dense_high"] = stats.t_interval(list(pct.values()))
+        row.update(_paired(part, pruned, references.get(key[:-1], []), reference, higher))
+        target = targets.get(str(first["data"]))
+        row["target"] = target if target is not None else math.nan
+        row["target_met"] = row["target_met_lower"] = None
+        if target is not None and higher:  # % of dense of an error (lower is better): no target
+            if math.isfinite(row["pct_dense_mean"]):
+                row["target_met"] = bool(row["pct_dense_mean"] >= target)
+            if math.isfinite(row["pct_dense_low"]):
+                row["target_met_lower"] = bool(row["pct_dense_low"] >= target)
+        own = [v for v in part["own_s"] if math.isfinite(v)]
+        row.update({
+            "own_s_mean": _mean(own), "own_s_runs": len(own),
+            "shots_s_mean": _mean(part["shots_s"]), "pruned_s_mean": _mean(part["pruned_s"]),
+            "scoring_s_mean": _mean(part["scoring_s"]),
+            "teacher_s_mean": _mean(part["teacher_s"]), "rewind_s_mean": _mean(part["rewind_s"]),
+        })
+        shared = [t + r for t, r in zip(part["teacher_s"], part["rewind_s"], strict=True)]
+        row["shared_s_mean"] = _mean(shared)
+        row["shared_s_seeds"] = sum(math.isfinite(v) for v in shared)
+        row["needs_shared"] = bool(part["needs_shared"].any())
+        out.append(row)
+    out.sort(key=lambda r: (*(sort_value(r[k]) for k in cell),
+                            _recipe_order(str(r["recipe"]), reference)))
+    table = pd.DataFrame(out, columns=[*COLUMNS[:len(CELL)], *other, *COLUMNS[len(CELL):],
+                                       "needs_shared"])
+    table.attrs["other_keys"] = other
+    table.attrs["reference"] = reference
+    table.attrs["reference_plain"] = plain  # a single shot without distillation
+    if not plain:
+        log.warning("reference recipe %r is not a single shot without distillation", reference)
+    return table
+
+
+def _paired(part: pd.DataFrame, pruned: dict[int, float], refs: list[pd.DataFrame],
+            reference: str, higher: bool) -> dict[str, Any]:
+    empty = {"reference": reference, "paired_n": 0, "paired_seeds": "", "unpaired_seeds": "",
+             "diff_mean": math.nan, "diff_t_low": math.nan, "diff_t_high": math.nan,
+             "diff_boot_low": math.nan, "diff_boot_high": math.nan, "covers_zero": None}
+    if str(part.iloc[0]["recipe_base"]) == reference:
+        return {**empty, "verdict": "reference"}
+    if not refs:
+        return {**empty, "verdict": f"no {reference} run of this data, model, ratio and "
+                                    "strategy: not paired"}
+    if len(refs) > 1:
+        labels = ", ".join(str(r.iloc[0]["recipe"]) for r in refs)
+        return {**empty, "verdict": f"{reference} has runs of several settings here ({labels}): "
+                                    "not paired"}
+    p = stats.paired(pruned, _by_seed(refs[0], "pruned"), higher)
+    verdict = p.verdict(str(part.iloc[0]["recipe"]), reference)
+    dense, ref_dense = _dense_keys(part), _dense_keys(refs[0])
+    differ = [s for s in p.seeds if dense.get(s) != ref_dense.get(s)]
+    if differ:  # a seed's runs should share one dense model; else the pairing is not like for like
+        verdict += (f"; seed(s) {', '.join(map(str, differ))}: the two runs came from different "
+                    "dense models")
+    return {
+        "reference": reference, "paired_n": p.n, "paired_seeds": " ".join(map(str, p.seeds)),
+        "unpaired_seeds": " ".join(map(str, p.unpaired)), "diff_mean": p.mean,
+        "diff_t_low": p.t_low, "diff_t_high": p.t_high, "diff_boot_low": p.boot_low,
+        "diff_boot_high": p.boot_high, "covers_zero": p.covers_zero,
+        "verdict": verdict,
+    }
+
+
+def _dense_keys(part: pd.DataFrame) -> dict[int, Any]:
+    """Each seed's dense stage (results.json ``stage_keys``, or data, model, seed)."""
+    return {int(s): _stage_key(r, "dense") for s, r in zip(part["seed"], part["results"], strict=True)}
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+
+def _num(value: Any, digits: int = 3, sign: bool = False) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    return f"{float(value):{'+' if sign else ''}.{digits}f}".replace("-", "−")
+
+
+def _pct(value: Any, sign: bool = False) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    return f"{100 * float(value):{'+' if sign else ''}.1f}%".replace("-", "−")
+
+
+def _interval(mean: str, low: Any, high: Any, fmt_one) -> str:
+    if low is None or not math.isfinite(float(low)):
+        return mean
+    return f"{mean} [{fmt_one(low)}, {fmt_one(high)}]"
+
+
+def _diff_cell(row: Mapping) -> str:
+    verdict = str(row["verdict"])
+    if verdict == "reference":
+        return "reference"
+    n = int(row["paired_n"])
+    if n == 0:
+        return "not paired"
+    text = _interval(_num(row["diff_mean"], sign=True), row["diff_t_low"], row["diff_t_high"],
+                     lambda v: _num(v, sign=True))
+    text += f", {n} pair{'s' if n != 1 else ''}"
+    if n < 2:
+        return text + ": no interval"
+    if row["covers_zero"]:
+        return text + ": no difference detected"
+    better = (row["diff_mean"] > 0) == bool(row["higher_is_better"])
+    return text + f": {'better' if better else 'worse'}"
+
+
+def _target_cell(row: Mapping) -> str:
+    target = row["target"]
+    if target is None or not math.isfinite(float(target)):
+        return ""
+    if not row["higher_is_better"]:
+        return "n/a (lower is better)"
+    if row["target_met"] is None:
+        return "n/a"
+    mean, low = _pct(row["pct_dense_mean"]), row["pct_dense_low"]
+    if not row["target_met"]:
+        return f"no ({mean} < {_pct(target)})"
+    if low is None or not math.isfinite(float(low)):
+        return f"yes ({mean}; no interval)"
+    return f"yes; lower bound {_pct(low)} {'≥' if row['target_met_lower'] else '<'} {_pct(target)}"
+
+
+def _seconds_cell(row: Mapping) -> str:
+    if row["own_s_runs"] == row["seeds"]:
+        return f"{row['own_s_mean']:.0f}"
+    work = row["shots_s_mean"] + row["pruned_s_mean"]  # shots_s is 0 for a single shot
+    return f"{work:.0f} + scoring n/a" if math.isfinite(work) else "n/a"
+
+
+def _shared_cell(row: Mapping) -> str:
+    if not row["needs_shared"]:
+        return "—"
+    parts = []
+    if row["distill_alpha"]:
+        parts.append(f"teacher {_num(row['teacher_s_mean'], 0)}")
+    if str(row["rewind"]).startswith(LATE):
+        parts.append(f"rewind {_num(row['rewind_s_mean'], 0)}")
+    text = " + ".join(parts)
+    if row["shared_s_seeds"] < row["seeds"]:
+        text += f" (built here for {row['shared_s_seeds']} of {row['seeds']} seeds)"
+    return text
+
+
+def _machine(res: Mapping) -> str:
+    m = res.get("machine")
+    if not isinstance(m, Mapping):
+        return "not recorded"
+    cpu = f"{m.get('cpu_count', '?')} × {m.get('cpu_model') or m.get('processor') or 'CPU'}"
+    return (f"{cpu}, device {m.get('device', '?')}, torch {m.get('torch', '?')}, "
+            f"{m.get('torch_threads', '?')} torch thread(s)")
+
+
+def _sweep_command(run: Path) -> str | None:
+    """The command that made a run: its sweep's ``multirun.yaml`` (``python train.py -m`` with the
+    command line's overrides), else the run's own ``.hydra/overrides.yaml``."""
+    try:
+        sweep = run.parent / "multirun.yaml"
+        if sweep.is_file():
+            hydra = (yaml.safe_load(sweep.read_text()) or {}).get("hydra", {})
+            task = hydra.get("overrides", {}).get("task", [])
+            name = hydra.get("job", {}).get("name", "train")
+            return " ".join([f"python {name}.py -m", *map(str, task)])
+        own = run / ".hydra" / "overrides.yaml"
+        if own.is_file():
+            return " ".join(["python train.py", *map(str, yaml.safe_load(own.read_text()) or [])])
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return None
+
+
+def _header(other: Sequence[str], metric: str, reference: str, target: float | None,
+            mixed: Sequence[str]) -> tuple[str, str]:
+    """The table's header and alignment rows (numbers right-aligned)."""
+    cols = [*((k, "---") for k in mixed), ("model", "---"), ("ratio", "---:"),
+            ("strategy", "---"), *((k, "---") for k in other), ("recipe", "---"),
+            ("seeds", "---:"), ("masked epochs", "---:"), (f"{metric} (95% CI)", "---:"),
+            ("dense", "---:"), ("% of dense (95% CI)", "---:"),
+            (f"Δ {metric} vs {reference} (95% CI, pairs)", "---")]
+    if target is not None:
+        cols.append((f"target ≥ {_pct(target)}", "---"))
+    cols += [("own s/job", "---:"), ("shared builds s/seed", "---")]
+    return ("| " + " | ".join(c for c, _ in cols) + " |",
+            "|" + "|".join(a for _, a in cols) + "|")
+
+
+def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Sequence[Path] = (),
+                      skipped: Mapping[Path, str] | None = None, command: str | None = None,
+                      targets: Mapping[str, float] | None = None) -> str:
+    """The table as Markdown: a section per data with its seeds, machine and sweep command, the
+    rows, the paired verdicts in words, then the folders skipped."""
+    reference = table.attrs.get("reference", DEFAULT_REFERENCE)
+    other = list(table.attrs.get("other_keys", []))
+    targets = dict(targets or {})
+    lines = ["# Recovery at high sparsity: recipes against the single shot", ""]
+    if command:
+        lines += [f"Made by `{command}`.", ""]
+    where = ", ".join(f"`{f}`" for f in folders)
+    replaced = runs.attrs.get("replaced", 0)
+    lines += [
+        f"{len(runs)} complete run(s){' under ' + where if where else ''}"
+        + (f" ({replaced} older rerun(s) replaced by the newer)" if replaced else "") + ".",
+        "",
+        f"How to read it: the pruned dev metric (the task's monitor, at the epoch the run kept) "
+        f"over seeds, mean and 95% Student-t interval; `% of dense` is the mean over seeds of "
+        f"pruned / dense (same seed, same dense model); `Δ` is the paired difference to "
+        f"`{reference}` of the same data, model, ratio, strategy and seed, over the seeds both "
+        f"have (95% t-interval; \"no difference detected\" when the t or the bootstrap interval "
+        f"covers 0: neither recipe wins). `own s/job`: k-shot rounds + masked fine-tune + scoring "
+        f"(as built), mean seconds per job; `shared builds s/seed`: the one-off stages a recipe "
+        f"adds per dense model (teacher outputs, rewind replay), counted only from a run that "
+        f"built them (results.json `cache.builds`). The dense fine-tune, the same for every "
+        f"recipe, is left out.",
+        "",
+    ]
+    if not table.attrs.get("reference_plain", True):
+        lines += [f"Note: the reference `{reference}` is not a single shot without distillation "
+                  "(its runs have shots > 1 or distill.alpha > 0).", ""]
+    unmet = [d for d in targets if d not in set(table["data"].astype(str))]
+    if unmet:
+        lines += [f"No run of {', '.join(unmet)}: target(s) not evaluated.", ""]
+    for data, part in table.groupby("data", sort=True):
+        data_runs = runs[runs["data"].astype(str) == str(data)]
+        metric = ", ".join(sorted(part["metric"].astype(str).unique()))
+        target = targets.get(str(data))
+        title = f"## {data}: monitor `{metric}`"
+        if target is not None:
+            title += f", target {_pct(target)} of dense"
+        lines += [title, ""]
+        seeds = sorted({int(s) for s in data_runs["seed"]})
+        lines.append(f"- Seeds: {', '.join(map(str, seeds))} ({len(seeds)}); the `seeds` "
+                     f"column gives each row's count.")
+        machines = sorted({_machine(r) for r in data_runs["results"]})
+        lines.append("- Machine: " + "; ".join(machines) + ".")
+        commands: dict[str, int] = {}
+        for path in data_runs["path"]:
+            cmd = _sweep_command(Path(path)) or "not recorded"
+            commands[cmd] = commands.get(cmd, 0) + 1
+        for cmd, n in sorted(commands.items()):
+            lines.append(f"- Runs made by `{cmd}` ({n} run(s)).")
+        sweeps = sorted({str(Path(p).parent) for p in data_runs["path"]})
+        lines.append("- Run folders under: " + ", ".join(f"`{s}`" for s in sweeps) + ".")
+        lines.append("")
+        mixed = [k for k in ("ratio_basis", "selection") if part[k].astype(str).nunique() > 1]
+        head, rule = _header(other, metric, reference, target, mixed)
+        lines += [head, rule]
+        for row in part.to_dict("records"):
+            cells = [*(fmt(row[k]) for k in mixed), fmt(row["model"]), fmt(row["ratio"]),
+                     fmt(row["strategy"]), *(fmt(row[k]) for k in other), str(row["recipe"])]
+            seeds_text = str(row["seeds"]) + (f" ({row['seeds_nan']} NaN)" if row["seeds_nan"] else "")
+            cells += [seeds_text, fmt(row["masked_epochs"]),
+                      _interval(_num(row["pruned_mean"]), row["pruned_low"], row["pruned_high"], _num),
+                      _num(row["dense_mean"]),
+                      _interval(_pct(row["pct_dense_mean"]), row["pct_dense_low"],
+                                row["pct_dense_high"], _pct),
+                      _diff_cell(row)]
+            if target is not None:
+                cells.append(_target_cell(row))
+            cells += [_seconds_cell(row), _shared_cell(row)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Paired against `{reference}`, in words:", ""]
+        for row in part.to_dict("records"):
+            if row["verdict"] == "reference":
+                continue
+            what = ", ".join(x for x in (fmt(row["model"]), f"ratio {fmt(row['ratio'])}",
+                                         fmt(row["strategy"]),
+                                         *(f"{k}={fmt(row[k])}" for k in other)) if x)
+            lines.append(f"- {what}, `{row['recipe']}`: {row['verdict']}.")
+        lines.append("")
+    if skipped:
+        lines += ["## Skipped run folders", ""]
+        lines += [f"- `{path}`: {why}" for path, why in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """``text`` to ``path`` through a temporary file beside it: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_recovery(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
+                   reference: str = DEFAULT_REFERENCE,
+                   targets: Mapping[str, float] | None = None, command: str | None = None,
+                   echo: bool = True) -> dict[str, Any]:
+    """Write ``recovery.md`` and ``recovery.csv`` under ``out`` (each atomically; nothing when a
+    :class:`RecoveryError` is raised), print the Markdown (``echo``) and return
+    ``{"markdown", "csv": Path, "table", "runs": DataFrame, "skipped": {Path: why}, "text": str}``.
+    """
+    folders = [Path(f) for f in folders]
+    runs, skipped = load_runs(folders)
+    table = recovery_table(runs, reference, targets)
+    text = recovery_markdown(table, runs, folders=folders, skipped=skipped, command=command,
+                             targets=targets)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = table.drop(columns=["needs_shared"]).to_csv(index=False)
+    _write_atomic(out / "recovery.csv", csv)
+    _write_atomic(out / "recovery.md", text)
+    if echo:
+        print(text, end="", flush=True)
+    return {"markdown": out / "recovery.md", "csv": out / "recovery.csv", "table": table,
+            "runs": runs, "skipped": skipped, "text": text}
