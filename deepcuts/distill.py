@@ -4,8 +4,9 @@ The teacher is the run's own dense fine-tuned model (the cached dense stage), in
 outputs are computed once per training example, before the masked fine-tune, and kept in a
 cache entry of their own (``teacher``, keyed by the dense stage): every strategy, ratio and
 recipe on that dense model reads the same table. A batch finds its rows by the train set's
-``example_index`` column. Because the teacher runs without dropout, the table equals what a
-teacher called on each batch would give; it saves one forward pass per step.
+``example_index`` column. The teacher runs without dropout, so the table is what a teacher called
+on each batch would give, up to padding and precision (the table is float32 from eval batches;
+a bf16-mixed student's batches are padded differently); it saves one forward pass per step.
 
 Loss, with ``a = alpha`` and ``T = temperature``:
   classification: ``(1 - a) CE(s, y) + a T^2 KL(softmax(t / T) || softmax(s / T))`` (the ``T^2``
@@ -80,25 +81,30 @@ class Teacher:
     def loss(self, out: torch.Tensor, batch: dict, task_loss: Callable, regression: bool) -> torch.Tensor:
         if EXAMPLE_INDEX not in batch:
             raise RuntimeError(f"distillation needs the train batches' {EXAMPLE_INDEX!r} column")
-        rows = self.outputs[batch[EXAMPLE_INDEX].cpu()].to(out.device)
+        rows = self.outputs[batch[EXAMPLE_INDEX].cpu()]
+        if not torch.isfinite(rows).all():  # a row the table does not hold (a held-out example)
+            raise RuntimeError("distillation: a training example has no teacher output (the table and the train set differ)")
+        rows = rows.to(out.device)
         return distill_loss(out, rows, task_loss(out, batch["labels"]), self.settings.alpha,
                             self.settings.temperature, regression)
 
 
 @torch.no_grad()
-def teacher_outputs(model: torch.nn.Module, loader: DataLoader) -> torch.Tensor:
+def teacher_outputs(model: torch.nn.Module, loader: DataLoader, device: str = "cpu") -> torch.Tensor:
     """The model's outputs (logits, or the regression output) for every training example, in
-    eval mode and float32, as a ``[rows, outputs]`` table indexed by ``example_index``."""
-    was_training = model.training
-    model.eval()
+    eval mode and float32 on ``device`` (the model is moved back to where it was), as a
+    ``[rows, outputs]`` table indexed by ``example_index``."""
+    was_training, home = model.training, next(model.parameters()).device
+    model.eval().to(device)
     rows: dict[int, torch.Tensor] = {}
     try:
         for batch in loader:
-            out = model._forward_batch(batch).float()
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model._forward_batch(batch).float().cpu()
             for i, row in zip(batch[EXAMPLE_INDEX].tolist(), out.reshape(len(out), -1), strict=True):
                 rows[i] = row
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     table = torch.full((max(rows) + 1, len(next(iter(rows.values())))), float("nan"))
     for i, row in rows.items():
         table[i] = row

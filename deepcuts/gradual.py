@@ -29,8 +29,9 @@ def restrict(scores: dict[str, torch.Tensor], kept: dict[str, torch.Tensor]) -> 
     lows = [s[kept[n]].min() for n, s in scores.items() if n in kept and kept[n].any()]
     if not lows:
         return scores
-    floor = torch.stack([x.float() for x in lows]).min() - 1
-    return {n: torch.where(kept[n], s, floor.to(s.dtype)) if n in kept else s for n, s in scores.items()}
+    low = torch.stack([x.double() for x in lows]).min()
+    floor = low - (low.abs() + 1)  # strictly below in any float precision (low - 1 == low at 2^24)
+    return {n: torch.where(kept[n].to(s.device), s, floor.to(s.dtype)) if n in kept else s for n, s in scores.items()}
 
 
 def check_shots(cfg, strategy, scorer, structured: bool, at: str) -> int:

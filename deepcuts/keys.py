@@ -154,7 +154,7 @@ def stage_specs(
         **({"structure": _plain(cfg.structure), "structure_code": code_digest(("structured.py",))}
            if _structured(cfg) else {}),  # none: keys as before
         "code": [code_digest(RUN_CODE), strategy_digest(type(strategy))],
-        **_recipe(cfg),  # single shot, no distillation, no late rewind: keys as before
+        **_recipe(cfg),  # entries only for the levers a run uses
     }
     return {"dense": dense, "scores": scores, "run": run}
 
@@ -167,7 +167,9 @@ def _recipe(cfg: DictConfig) -> dict:
     if (distill := cfg.get("distill")) is not None and distill.get("alpha", 0):
         extra |= {"distill": _plain(distill), "distill_code": code_digest(("distill.py",))}
     if str(cfg.get("rewind")).startswith(("step:", "epoch:")):
-        extra |= {"rewind_code": code_digest(("rewind.py",))}
+        from deepcuts.rewind import RewindPoint
+
+        extra |= {"rewind": RewindPoint.parse(cfg.rewind).spec(), "rewind_code": code_digest(("rewind.py",))}
     return extra
 
 

@@ -74,15 +74,27 @@ def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
     return B.budget_for(cfg.ratio_basis, own_budget).keep_fraction(cfg.ratio)
 
 
-def rescore(cfg: DictConfig, model, scored: DictConfig, loader) -> dict:
+def rescore(cfg: DictConfig, model, scored: DictConfig, data: GlueDataModule) -> dict:
     """The scores of the current model by a fresh instance of the scoring strategy (k-shot's
-    later rounds; not cached: they depend on the rounds before)."""
+    later rounds; not cached: they depend on the rounds before). A fresh loader each time, so
+    the batches are those of the first round's pass whether that pass ran here or was cached;
+    on the CPU, as cached scores are."""
     scorer = instantiate_checked(scored.strategy)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
-    return run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
-                       trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
-                                       "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
-                       progress=cfg.get("progress"))
+    loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
+    scores = run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                         trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
+                                         "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
+                         progress=cfg.get("progress"))
+    return {n: s.detach().cpu() for n, s in scores.items()}
+
+
+def teacher_device(trainer_cfg: DictConfig) -> str:
+    """Where the teacher's one pass over the train set runs: the fine-tunes' GPU when there is one."""
+    import torch
+
+    wants_gpu = str(trainer_cfg.get("accelerator", "auto")) in ("gpu", "cuda", "auto")
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -127,6 +139,10 @@ def run(cfg: DictConfig) -> dict:
     shots = G.check_shots(cfg, strategy, scorer, structure is not None, at)
     point.check(cfg.epochs_dense, steps_per_epoch(len(data.train_dataloader()),
                                                   cfg.trainer.get("accumulate_grad_batches", 1)))
+    if point.late and (cfg.trainer.get("limit_train_batches") is not None or cfg.trainer.get("max_steps", -1) != -1
+                       or str(cfg.trainer.get("devices", 1)) not in ("1", "auto")):
+        raise ConfigError(f"rewind={point.spec()} replays the dense fine-tune on one device with whole epochs; "
+                          "it does not support trainer.devices > 1, limit_train_batches or max_steps.")
     # nothing needs the dense model: no scores of it, no rewind into it, no teacher
     skip_dense = at == "pretrained" and point.initial and not distill.enabled
     digest = K.state_digest(initial)
@@ -167,7 +183,8 @@ def run(cfg: DictConfig) -> dict:
             t = time.perf_counter()
             teacher_dir = cache.get_or_build(
                 "teacher", {"dense": specs["dense"], "code": K.code_digest(("distill.py",))},
-                lambda d: write_tensors(d / TEACHER_FILE, {"outputs": teacher_outputs(model, data.train_eval_dataloader())}),
+                lambda d: write_tensors(d / TEACHER_FILE, {"outputs": teacher_outputs(
+                    model, data.train_eval_dataloader(), teacher_device(cfg.trainer))}),
                 work=out / "teacher")
             teacher = Teacher(read_tensors(teacher_dir / TEACHER_FILE)["outputs"], distill)
             timings["teacher"] = time.perf_counter() - t
@@ -216,11 +233,11 @@ def run(cfg: DictConfig) -> dict:
 
         # 2b. k-shot: rounds 1..k-1 prune to the schedule's fraction and fine-tune shortly; each
         #     later round re-scores the current model, among the weights still kept.
-        rounds = []
+        rounds, masks = [], {}
         for t_round, fraction in enumerate(G.keep_schedule(keep_fraction, shots)[:-1], 1):
             t = time.perf_counter()
             if t_round > 1:
-                scores = G.restrict(rescore(cfg, model, scored, loader), masks)
+                scores = G.restrict(rescore(cfg, model, scored, data), masks)
             masks = M.build_masks(scores, fraction, scorer.scope)
             M.apply_masks(model, masks)
             shot = fine_tune(model, data, cfg, cfg.shot_epochs, out, f"shot{t_round}",
@@ -230,7 +247,7 @@ def run(cfg: DictConfig) -> dict:
                            "dev": shot["selected"], "seconds": time.perf_counter() - t})
         if shots > 1:
             t = time.perf_counter()
-            scores = G.restrict(rescore(cfg, model, scored, loader), masks)
+            scores = G.restrict(rescore(cfg, model, scored, data), masks)
             timings["shots"] = sum(r["seconds"] for r in rounds) + time.perf_counter() - t
 
         # 3. Masks (or whole heads and neurons), 4. rewind to the dense entry's own initial state
