@@ -270,3 +270,29 @@ def test_bad_rewind_points_fail_before_training(make_cfg, tmp_path, value, messa
 def test_rewind_zero_is_the_initial_state():
     assert RewindPoint.parse("step:0").initial and not RewindPoint.parse("step:0").late
     assert RewindPoint.parse("epoch:2").late and RewindPoint.parse("finetuned").kind == "finetuned"
+
+
+def test_k_shot_gives_the_same_masks_whether_round_one_scores_were_built_or_cached(make_cfg, tmp_path):
+    kshot = ("data=sst2", "strategy=gradcam_shift", "shots=2", "optimizer.lr=1e-3")
+    built = run(make_cfg(*kshot, f"output_dir={tmp_path / 'built'}", f"cache_dir={tmp_path / 'c1'}"))
+    assert "scores" in built["cache"]["builds"]
+    run(make_cfg("data=sst2", "strategy=gradcam_shift", "optimizer.lr=1e-3", f"output_dir={tmp_path / 'single'}",
+                 f"cache_dir={tmp_path / 'c2'}"))
+    cached = run(make_cfg(*kshot, f"output_dir={tmp_path / 'cached'}", f"cache_dir={tmp_path / 'c2'}"))
+    assert "scores" not in cached["cache"]["builds"]
+    a, b = (load_file(str(tmp_path / d / "masks.safetensors")) for d in ("built", "cached"))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert built["pruned"] == cached["pruned"]
+
+
+def test_rewind_to_the_last_epoch_is_the_pipelines_own_dense_model(make_cfg, tmp_path):
+    """The replay matches the dense stage as the pipeline ran it (movement trace and all)."""
+    results = run(make_cfg("data=sst2", "strategy=layer_mag_weight", "epochs_dense=2", "rewind=epoch:2",
+                           "optimizer.lr=1e-3"))
+    assert "rewind" in results["cache"]["builds"]
+    (dense,) = (tmp_path / "cache" / "dense").glob("*/model.safetensors")
+    (entry,) = (tmp_path / "cache" / "rewind").glob("*/rewind.safetensors")
+    dense, state = load_file(str(dense)), load_file(str(entry))
+    assert set(dense) <= set(state)
+    for name, want in dense.items():
+        assert torch.equal(state[name], want), name
