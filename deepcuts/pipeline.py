@@ -178,11 +178,12 @@ def run(cfg: DictConfig) -> dict:
 
         # 1b. What the later stages take from the dense fine-tune besides its weights: the
         #     teacher's outputs (distill) and the weights at a late rewind point (replayed).
-        teacher = None
+        teacher, lever_specs = None, {}
         if distill.enabled:
             t = time.perf_counter()
+            lever_specs["teacher"] = {"dense": specs["dense"], "code": K.code_digest(("distill.py",))}
             teacher_dir = cache.get_or_build(
-                "teacher", {"dense": specs["dense"], "code": K.code_digest(("distill.py",))},
+                "teacher", lever_specs["teacher"],
                 lambda d: write_tensors(d / TEACHER_FILE, {"outputs": teacher_outputs(
                     model, data.train_eval_dataloader(), teacher_device(cfg.trainer))}),
                 work=out / "teacher")
@@ -196,9 +197,8 @@ def run(cfg: DictConfig) -> dict:
                 write_tensors(d / REWIND_FILE, replay(model, data, cfg, point, outputs.initial_state(dense_dir, initial), d))
                 outputs.load_dense(dense_dir, model)  # back to the dense model for scoring
 
-            rewind_dir = cache.get_or_build(
-                "rewind", {"dense": specs["dense"], "point": point.spec(), "code": K.code_digest(("rewind.py",))},
-                rewind_stage, work=out / "rewind")
+            lever_specs["rewind"] = {"dense": specs["dense"], "point": point.spec(), "code": K.code_digest(("rewind.py",))}
+            rewind_dir = cache.get_or_build("rewind", lever_specs["rewind"], rewind_stage, work=out / "rewind")
             rewind_state = read_tensors(rewind_dir / REWIND_FILE)
             timings["rewind"] = time.perf_counter() - t
 
@@ -287,7 +287,8 @@ def run(cfg: DictConfig) -> dict:
                              "rounds": rounds, "distill": distill.record() if distill.enabled else None,
                              "rewind": point.spec()}
         # the cache entries this run's stages came from (their folder names): what runs share
-        results["stage_keys"] = {stage: config_key({"stage": stage, **specs[stage]}) for stage in ("dense", "scores")}
+        results["stage_keys"] = {stage: config_key({"stage": stage, **spec}) for stage, spec in
+                                 {"dense": specs["dense"], "scores": specs["scores"], **lever_specs}.items()}
         outputs.write_run(out, results, final_masks, model, cfg, tokenizer)
         if cache.enabled:  # so a relaunched sweep (new Hydra folder) skips this finished job
             cache.get_or_build("runs", specs["run"], lambda d: outputs.store_run(d, out))

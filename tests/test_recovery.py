@@ -110,6 +110,7 @@ def test_distilled_run_trains_on_the_kd_loss_and_caches_the_teacher(make_cfg, tm
     assert "teacher" in results["cache"]["builds"]
     (entry,) = (tmp_path / "cache" / "teacher").glob("*/teacher.safetensors")
     assert load_file(str(entry))["outputs"].shape == (48,)
+    assert results["stage_keys"]["teacher"] == entry.parent.name
     again = run(make_cfg("data=stsb", "strategy=layer_mag_grad", "distill.alpha=0.5", "distill.temperature=3",
                          f"output_dir={tmp_path / 'run2'}"))
     assert "teacher" not in again["cache"]["builds"]  # one teacher table per dense model
@@ -242,6 +243,7 @@ def test_pipeline_rewinds_to_the_replayed_step(make_cfg, tmp_path):
     assert results["recipe"]["rewind"] == "step:3" and "rewind" in results["cache"]["builds"]
     (entry,) = (tmp_path / "cache" / "rewind").glob("*/rewind.safetensors")
     state = load_file(str(entry))
+    assert results["stage_keys"]["rewind"] == entry.parent.name
     model, data = _model_and_data(cfg)
     record = Record(3)
     fine_tune(model, data, cfg, 2, tmp_path / "full", "dense", loggers=[], selection="last", callbacks=[record])
