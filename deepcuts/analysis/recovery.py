@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from deepcuts.analysis import stats
 from deepcuts.analysis.report import RESULTS, _config_key, _latest, _state, collect_runs, sweep_keys
 from deepcuts.analysis.report_keys import fmt, groups, norm, sort_value
 from deepcuts.analysis.timing import _built, _stage_key
+from deepcuts.store import atomic_path
 
 __all__ = ["DEFAULT_REFERENCE", "RecoveryError", "load_runs", "parse_target", "recipe_label",
            "recovery_markdown", "recovery_table", "write_recovery"]
@@ -566,19 +566,6 @@ def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Seque
 # --- files ----------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """``text`` to ``path`` through a temporary file beside it: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_recovery(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
                    reference: str = DEFAULT_REFERENCE,
                    targets: Mapping[str, float] | None = None, command: str | None = None,
@@ -595,8 +582,9 @@ def write_recovery(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv = table.drop(columns=["needs_shared"]).to_csv(index=False)
-    _write_atomic(out / "recovery.csv", csv)
-    _write_atomic(out / "recovery.md", text)
+    for name, content in (("recovery.csv", csv), ("recovery.md", text)):
+        with atomic_path(out / name) as tmp:  # never half a file
+            tmp.write_text(content, encoding="utf-8")
     if echo:
         print(text, end="", flush=True)
     return {"markdown": out / "recovery.md", "csv": out / "recovery.csv", "table": table,
