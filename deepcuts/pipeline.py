@@ -74,6 +74,15 @@ def resolve_keep_fraction(cfg: DictConfig, own_budget: B.Budget) -> float:
     return B.budget_for(cfg.ratio_basis, own_budget).keep_fraction(cfg.ratio)
 
 
+def score(cfg: DictConfig, model, prunable: dict, scorer, loader) -> dict:
+    """One scoring pass with the run's settings (the configured batch count: run_scoring caps
+    it at one epoch and says so when it does)."""
+    return run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
+                       trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
+                                       "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
+                       progress=cfg.get("progress"))
+
+
 def rescore(cfg: DictConfig, model, scored: DictConfig, data: GlueDataModule) -> dict:
     """The scores of the current model by a fresh instance of the scoring strategy (k-shot's
     later rounds; not cached: they depend on the rounds before). A fresh loader each time, so
@@ -82,11 +91,7 @@ def rescore(cfg: DictConfig, model, scored: DictConfig, data: GlueDataModule) ->
     scorer = instantiate_checked(scored.strategy)
     prunable = B.prunable_parameters(model, cfg.prune.include, cfg.prune.get("exclude", []))
     loader = data.scoring_dataloader(cfg.seed) if scorer.needs_data else None
-    scores = run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
-                         trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
-                                         "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
-                         progress=cfg.get("progress"))
-    return {n: s.detach().cpu() for n, s in scores.items()}
+    return {n: s.detach().cpu() for n, s in score(cfg, model, prunable, scorer, loader).items()}
 
 
 def teacher_device(trainer_cfg: DictConfig) -> str:
@@ -212,11 +217,7 @@ def run(cfg: DictConfig) -> dict:
             else:
                 if at == "pretrained" and dense_dir is not None:
                     model.load_state_dict(outputs.initial_state(dense_dir, initial))
-                # the configured count: run_scoring caps it (n_batches) and says so when it does
-                scores = run_scoring(model, prunable, scorer, loader, cfg.scoring.batches, cfg.scoring.dropout,
-                                     trainer_kwargs={"accelerator": cfg.trainer.accelerator, "devices": 1,
-                                                     "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)},
-                                     progress=cfg.get("progress"))
+                scores = score(cfg, model, prunable, scorer, loader)
                 meta = {"batches": str(scorer.batches_seen)}
                 if scorer.units:  # per-unit scores (structure.group_score=native)
                     write_tensors(d / UNITS, scorer.units)
@@ -233,22 +234,19 @@ def run(cfg: DictConfig) -> dict:
 
         # 2b. k-shot: rounds 1..k-1 prune to the schedule's fraction and fine-tune shortly; each
         #     later round re-scores the current model, among the weights still kept.
-        rounds, masks = [], {}
+        rounds = []
         for t_round, fraction in enumerate(G.keep_schedule(keep_fraction, shots)[:-1], 1):
             t = time.perf_counter()
-            if t_round > 1:
-                scores = G.restrict(rescore(cfg, model, scored, data), masks)
             masks = M.build_masks(scores, fraction, scorer.scope)
             M.apply_masks(model, masks)
             shot = fine_tune(model, data, cfg, cfg.shot_epochs, out, f"shot{t_round}",
                              loggers=tracker.loggers(f"shot{t_round}", use_wandb=False))
             M.remove_masks(model)  # zeros folded in: the next round scores a plain model
+            scores = G.restrict(rescore(cfg, model, scored, data), masks)  # what the next round prunes by
             rounds.append({"round": t_round, "keep_fraction": fraction, "kept": int(sum(m.sum() for m in masks.values())),
                            "dev": shot["selected"], "seconds": time.perf_counter() - t})
-        if shots > 1:
-            t = time.perf_counter()
-            scores = G.restrict(rescore(cfg, model, scored, data), masks)
-            timings["shots"] = sum(r["seconds"] for r in rounds) + time.perf_counter() - t
+        if rounds:
+            timings["shots"] = sum(r["seconds"] for r in rounds)
 
         # 3. Masks (or whole heads and neurons), 4. rewind to the dense entry's own initial state
         #    (or a late point of the dense fine-tune), then attach the masks (or remove the
