@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 DESCRIPTION = """\
 Evaluate a saved pruned model on a GLUE-format file (dev, or a test file with or without labels):
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
     import transformers
 
-    from deepcuts.predict import format_metrics, predict
+    from deepcuts.models.predict import format_metrics, predict
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()

@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 log = logging.getLogger("deepcuts")
 # Sweepers that optimise the value a job returns (the others, e.g. Hydra's basic sweeper, ignore it)
@@ -107,10 +107,10 @@ def objective(results: dict, mode: str = "max") -> float | None:
 def main(cfg: DictConfig) -> float | None:
     """Runs one job; returns :func:`objective` (what an Optuna search optimises: the held-out slice
     of train under ``selection=holdout``, None otherwise), never the reported dev metric."""
-    from deepcuts.logs import quiet_third_party
+    from deepcuts.runtime.logs import quiet_third_party
 
     quiet_third_party()  # before the heavy imports: what they warn about is not the user's to fix
-    from deepcuts.pipeline import run
+    from deepcuts.pipeline.flow import run
 
     try:
         check_search(cfg)

@@ -1,10 +1,10 @@
-"""S10: compact sparse checkpoints (``deepcuts.compact``): file size against the ideal.
+"""S10: compact sparse checkpoints (``deepcuts.models.compact``): file size against the ideal.
 
 The pipeline's MiniLM (``pipeline.build_model``, ``model=minilm``) gets layer-wise |W| masks
-(``deepcuts.masks.build_masks(..., "layer")`` over the prunable set) at the keep fractions of
+(``deepcuts.pruning.masks.build_masks(..., "layer")`` over the prunable set) at the keep fractions of
 ratios 2, 3, 3.5 and 4 on the bert_base basis; its state dict with the pruned entries zeroed is
 saved with ``save_compact`` and, for comparison, as a plain dense safetensors file
-(``deepcuts.store.write_tensors``, also atomic).
+(``deepcuts.cache.store.write_tensors``, also atomic).
 
 Measured: ``compact file bytes / (kept x 4 + n / 8 + unmasked bytes)`` (n = entries of the masked
 tensors; tensors without a mask counted as dense values on both sides, so the ratio is the
@@ -32,8 +32,8 @@ TARGET = 1.15
 
 def minilm():
     """The pipeline's MiniLM model and its prunable set (no data needed)."""
-    from deepcuts import budget as B
-    from deepcuts.model import build_model, load_tokenizer
+    from deepcuts.pruning import budget as B
+    from deepcuts.models.module import build_model, load_tokenizer
 
     cfg = C.compose("data=sst2", "model=minilm", "seed=0", f"cache_dir={C.TMP / 'cache'}",
                     f"output_dir={C.TMP / 'run'}")
@@ -61,10 +61,10 @@ def identical(a: dict, b: dict) -> bool:
 
 def measure(ratio: float, model, scores: dict, root: Path, reps: int) -> tuple[dict, dict]:
     """One ratio: masks, the pruned state, interleaved save/load timings, the size report."""
-    from deepcuts import budget as B
-    from deepcuts import compact as K
-    from deepcuts import masks as M
-    from deepcuts.store import read_tensors, write_tensors
+    from deepcuts.pruning import budget as B
+    from deepcuts.models import compact as K
+    from deepcuts.pruning import masks as M
+    from deepcuts.cache.store import read_tensors, write_tensors
 
     f = B.BASES["bert_base"].keep_fraction(ratio)
     masks = M.build_masks(scores, f, "layer")
@@ -108,7 +108,7 @@ def bench_s10(quick: bool) -> dict:
     worst = max(r["bound"] for r in rows.values())
     exact = all(r["round_trip_identical"] and r["dense_file_bytes"] == r["dense_bytes"] for r in rows.values())
     return C.result(
-        "S10", "compact sparse checkpoint (deepcuts.compact): file bytes / (kept x 4 + n/8 + unmasked "
+        "S10", "compact sparse checkpoint (deepcuts.models.compact): file bytes / (kept x 4 + n/8 + unmasked "
         "bytes), the worst of ratios 2, 3, 3.5, 4 (MiniLM, layer-wise |W| masks, bert_base basis)",
         worst, f"<= {TARGET}", worst <= TARGET and exact,
         raw={"per_ratio": rows, "timings": raw_times, "reps": reps, "exact_round_trips": exact,

@@ -24,8 +24,8 @@ import common as C  # noqa: E402
 def child(cache_dir: str) -> None:
     from omegaconf import OmegaConf
 
-    from deepcuts.data import GlueDataModule
-    from deepcuts.model import load_tokenizer
+    from deepcuts.data.glue import GlueDataModule
+    from deepcuts.models.module import load_tokenizer
 
     cfg = C.compose("data=sst2", "model=minilm", f"cache_dir={cache_dir}", f"output_dir={cache_dir}/run")
     tok = load_tokenizer(cfg.model.tokenizer)

@@ -1,7 +1,7 @@
 """S5: stage reuse in a 2-strategy x 2-ratio grid on the tiny model.
 
 The same four jobs (gradcam_shift and smoothgrad at ratio 2 and 3) run through
-``deepcuts.pipeline.run`` on configs composed like tests/conftest.py (TINY overrides), once with
+``deepcuts.pipeline.flow.run`` on configs composed like tests/conftest.py (TINY overrides), once with
 ``cache=true`` and once with ``cache=false``, each grid in fresh output and stage-cache folders.
 The tokenised data cache (``data.cache_dir``) is shared and warmed first, so both grids measure
 only the pipeline stages. With reuse, a grid does 1 dense fine-tune + 2 scoring passes + 4 masked
@@ -40,7 +40,7 @@ def grid_cfgs(root: Path, cache: bool, data_cache: Path):
 
 
 def run_grid(root: Path, cache: bool, data_cache: Path) -> dict:
-    from deepcuts.pipeline import run
+    from deepcuts.pipeline.flow import run
 
     if root.exists():
         shutil.rmtree(root)
@@ -75,7 +75,7 @@ def run_grid(root: Path, cache: bool, data_cache: Path) -> dict:
 def bench_s5(quick: bool) -> dict:
     import torch
 
-    from deepcuts.pipeline import run
+    from deepcuts.pipeline.flow import run
 
     # One intra-op thread: the tiny model's ops are microseconds long, and with two OpenMP
     # threads on a 2-core machine shared with other jobs every op can wait a scheduler slice for

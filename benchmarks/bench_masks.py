@@ -2,8 +2,8 @@
 
 S3  masked fine-tuning step time / dense step time: the same MiniLM and real SST-2 batches, train
     mode, AdamW (the pipeline's optimiser settings), masks attached with
-    ``deepcuts.masks.apply_masks`` (``torch.nn.utils.prune.custom_from_mask``).
-S4  building layer-wise and global masks (``deepcuts.masks.layer_masks`` / ``global_masks``) from
+    ``deepcuts.pruning.masks.apply_masks`` (``torch.nn.utils.prune.custom_from_mask``).
+S4  building layer-wise and global masks (``deepcuts.pruning.masks.layer_masks`` / ``global_masks``) from
     BERT-base-shaped random scores: 85,608,192 values in 146 tensors (73 Linear modules, weight
     and bias separate), against ShrinkBench's ``numpy.quantile`` thresholding.
 
@@ -23,7 +23,7 @@ RATIO = 3  # the pipeline's default compression ratio (bert_base basis): keep fr
 
 
 def keep_fraction(ratio: float = RATIO) -> float:
-    from deepcuts import budget as B
+    from deepcuts.pruning import budget as B
 
     return B.BASES["bert_base"].keep_fraction(ratio)
 
@@ -32,8 +32,8 @@ def keep_fraction(ratio: float = RATIO) -> float:
 def dense_and_masked(cfg, model, prunable):
     """Two copies of the same model; the second gets layer-wise |W| masks at ratio 3 attached with
     ``apply_masks`` exactly as the pipeline does before the masked fine-tune."""
-    from deepcuts import budget as B
-    from deepcuts import masks as M
+    from deepcuts.pruning import budget as B
+    from deepcuts.pruning import masks as M
 
     dense = copy.deepcopy(model)
     masked = copy.deepcopy(model)
@@ -79,7 +79,7 @@ def bench_s3(quick: bool) -> dict:
     kept = sum(int(getattr(masked.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2] + "_mask").sum()) for n in prunable)
     return C.result(
         "S3", "masked fine-tuning step time / dense step time (MiniLM, SST-2 batch 32, train mode, "
-        "AdamW; masks via deepcuts.masks.apply_masks = prune.custom_from_mask)",
+        "AdamW; masks via deepcuts.pruning.masks.apply_masks = prune.custom_from_mask)",
         ratio, "<= 1.10", ratio <= 1.10,
         raw={"seconds": {k: C.summary(v) for k, v in times.items()}, "reps": reps,
              "steps_per_measurement": len(batches), "data": C.tokens(batches),
@@ -130,7 +130,7 @@ def shrinkbench_global(np_scores: dict, f: float) -> dict:
 
 
 def bench_s4(quick: bool) -> dict:
-    from deepcuts import masks as M
+    from deepcuts.pruning import masks as M
 
     scores = random_scores()
     np_scores = {k: v.numpy() for k, v in scores.items()}

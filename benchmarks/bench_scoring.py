@@ -6,7 +6,7 @@ S6  peak RSS of a scoring pass / peak RSS of a training-step loop (each in a fre
 
 "Plain forward+backward" is the ordinary training fwd+bwd of the full model (every parameter
 requires grad, ``model.zero_grad(set_to_none=True)`` per batch), in eval mode (no dropout) like
-the scoring pass. The scoring pass is timed through ``deepcuts.scoring.run_scoring`` as the
+the scoring pass. The scoring pass is timed through ``deepcuts.scoring.passes.run_scoring`` as the
 pipeline calls it, with nothing subtracted: Trainer construction and Lightning's loop count.
 
     .venv/bin/python benchmarks/bench_scoring.py [--quick] [--only S1,S2,S6]
@@ -26,7 +26,7 @@ ETA = 10  # conf/strategy/smoothgrad.yaml
 
 
 def scoring_pass(model, prunable, strategy, batches) -> dict:
-    from deepcuts.scoring import run_scoring
+    from deepcuts.scoring.passes import run_scoring
 
     with C.quiet_logs():
         return run_scoring(

@@ -1,7 +1,7 @@
 """S9: inference latency of structured pruning on this CPU (and what unstructured sparsity buys).
 
 The pretrained MiniLM encoder (``conf/model/minilm.yaml``: the bare ``BertModel`` with its pooler,
-loaded offline by ``deepcuts.encoders.load_encoder``), float32, eval mode, ``torch.inference_mode()``,
+loaded offline by ``deepcuts.models.encoders.load_encoder``), float32, eval mode, ``torch.inference_mode()``,
 a fixed number of torch threads (``THREADS``). Inputs: random token ids (seeded), attention mask all
 ones, sequence length 128, batch 1 and batch 32. Prunable set: every Linear weight and bias of
 ``encoder.layer.*`` plus ``pooler.dense`` (the model YAML's ``prunable`` without the ``bert.``
@@ -12,9 +12,9 @@ Variants, per compression ratio c = 2 and 3 (keep fraction on the bert_base basi
 default ``ratio_basis``):
 
 - ``dense``: the unpruned encoder (one per batch size, shared by both ratios);
-- ``structured``: ``deepcuts.structured`` heads_neurons, layer scope, group score sum, min_heads 1
+- ``structured``: ``deepcuts.pruning.structured`` heads_neurons, layer scope, group score sum, min_heads 1
   (``plan_groups`` then ``remove_groups``: smaller Linears);
-- ``unstructured_dense``: layer-wise ``|W|`` masks (``deepcuts.masks.build_masks(scores, f,
+- ``unstructured_dense``: layer-wise ``|W|`` masks (``deepcuts.pruning.masks.build_masks(scores, f,
   "layer")``) folded into the weights, run as an ordinary dense model full of zeros;
 - ``unstructured_csr``: the same weights, every pruned Linear replaced by :class:`CSRLinear`
   (``torch.sparse_csr`` weight, ``torch.sparse.addmm``).
@@ -83,8 +83,8 @@ def load_minilm():
     import torch
     from omegaconf import OmegaConf
 
-    from deepcuts import budget as B
-    from deepcuts.encoders import ModelSpec, load_encoder, load_tokenizer
+    from deepcuts.pruning import budget as B
+    from deepcuts.models.encoders import ModelSpec, load_encoder, load_tokenizer
 
     ycfg = OmegaConf.load(C.REPO / "conf" / "model" / "minilm.yaml")
     spec = ModelSpec.from_cfg(ycfg)
@@ -142,9 +142,9 @@ def build_variants():
     """The dense model and, per ratio, the structured, unstructured-dense and CSR models, checked."""
     import torch
 
-    from deepcuts import budget as B
-    from deepcuts import masks as M
-    from deepcuts import structured as S
+    from deepcuts.pruning import budget as B
+    from deepcuts.pruning import masks as M
+    from deepcuts.pruning import structured as S
 
     dense, layout, include, prunable = load_minilm()
     scores = {k: p.detach().abs() for k, p in prunable.items()}
@@ -258,7 +258,7 @@ def bench_s9(quick: bool) -> dict:
                  "prunable": include, "scores": "|W| of the pretrained MiniLM (latency does not depend on "
                  "which heads/neurons/entries are kept, only how many)",
                  "ratio_basis": "bert_base", "structured": "heads_neurons, scope layer, group_score sum, min_heads 1",
-                 "unstructured": "deepcuts.masks.build_masks(|W|, f, 'layer') folded into the weights; CSR: each "
+                 "unstructured": "deepcuts.pruning.masks.build_masks(|W|, f, 'layer') folded into the weights; CSR: each "
                                  "pruned Linear's weight as torch.sparse_csr, torch.sparse.addmm(b, W, x^T)^T",
                  "torch_threads": THREADS, "warmup_rounds": WARMUP,
                  "timing": "all variants of a batch size interleaved, one forward each per round, order flipped "

@@ -1,6 +1,6 @@
 """S11: what the movement trace costs every dense fine-tune.
 
-Every dense fine-tune runs :class:`deepcuts.trace.MovementTrace` (so ``strategy=movement`` needs no
+Every dense fine-tune runs :class:`deepcuts.scoring.trace.MovementTrace` (so ``strategy=movement`` needs no
 pass of its own): at each optimiser step, one ``isfinite`` check and one multiply-add per prunable
 weight. Measured: MiniLM training steps (SST-2, batch 32, train mode, AdamW) with the trace's real
 per-step code between backward and the optimiser step / the same steps without it, interleaved.
@@ -34,7 +34,7 @@ def traced_steps(model, batches, optimizers: dict, trace, lr: float, wd: float) 
 
 
 def bench_s11(quick: bool) -> dict:
-    from deepcuts.trace import MovementTrace
+    from deepcuts.scoring.trace import MovementTrace
 
     cfg, model, prunable, batches = C.minilm_setup("sst2", n_batches=2 if quick else 8)
     plain, traced = model, copy.deepcopy(model)
@@ -53,7 +53,7 @@ def bench_s11(quick: bool) -> dict:
     ratio = C.ratio_of_medians(times, "traced_steps", "plain_steps")
     return C.result(
         "S11", "dense fine-tuning step with the movement trace / without (MiniLM, SST-2 batch 32, "
-        "train mode, AdamW; deepcuts.trace.MovementTrace's per-step code)",
+        "train mode, AdamW; deepcuts.scoring.trace.MovementTrace's per-step code)",
         ratio, "<= 1.05", ratio <= 1.05,
         raw={"seconds": {k: C.summary(v) for k, v in times.items()}, "reps": reps,
              "steps_per_measurement": len(batches), "data": C.tokens(batches),

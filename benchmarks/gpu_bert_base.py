@@ -1,17 +1,17 @@
 """S1-S3 (and scoring vs training peak memory) on a BERT-base-shaped model, on CUDA when there is one.
 
 A randomly initialised ``BertModel(BertConfig())`` (12 layers, hidden 768, 85,608,192 prunable
-values in 146 tensors) wrapped in ``deepcuts.model.GlueModel`` (2-way classification), batches of
+values in 146 tensors) wrapped in ``deepcuts.models.module.GlueModel`` (2-way classification), batches of
 32 x 128 random token ids (no padding). Needs only torch, transformers, pytorch_lightning,
 torchmetrics, safetensors and the deepcuts package -- no Hydra, no datasets, no GLUE files.
 
     PYTHONPATH=. python benchmarks/gpu_bert_base.py            # CUDA if available, else CPU
     PYTHONPATH=. python benchmarks/gpu_bert_base.py --tiny     # a small config: a CPU smoke test
 
-S1  Cam-Cut scoring pass (``deepcuts.scoring.run_scoring`` + ``GradCAMShift``, Lightning included)
+S1  Cam-Cut scoring pass (``deepcuts.scoring.passes.run_scoring`` + ``GradCAMShift``, Lightning included)
     / plain fwd+bwd of the full model (every parameter requires grad), eval mode, same batches.
 S2  Smooth-Cut (``SmoothGrad``, eta passes) scoring time / (eta x plain fwd+bwd).
-S3  masked training step (masks via ``deepcuts.masks.apply_masks``) / dense step; AdamW, train mode.
+S3  masked training step (masks via ``deepcuts.pruning.masks.apply_masks``) / dense step; AdamW, train mode.
 mem peak CUDA memory (``max_memory_allocated``) of the scoring pass / of the training steps.
 
 Prints one JSON object; also writes it to ``$OUT/gpu_bench.json`` when ``OUT`` is set. Timings are
@@ -95,8 +95,8 @@ def build(args, device):
     from torchmetrics.classification import MulticlassAccuracy
     from transformers import BertConfig, BertModel
 
-    from deepcuts import budget as B
-    from deepcuts.model import GlueModel
+    from deepcuts.pruning import budget as B
+    from deepcuts.models.module import GlueModel
 
     torch.manual_seed(0)
     config = BertConfig(**TINY) if args.tiny else BertConfig()
@@ -123,7 +123,7 @@ def build(args, device):
 def scoring(model, prunable, strategy, batches, device):
     from torch.utils.data import DataLoader
 
-    from deepcuts.scoring import run_scoring
+    from deepcuts.scoring.passes import run_scoring
 
     kwargs = {"enable_progress_bar": False, "devices": 1,
               "accelerator": "gpu" if device.type == "cuda" else "cpu"}
@@ -172,9 +172,9 @@ def main(argv=None) -> dict:
             logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    from deepcuts import masks as M
+    from deepcuts.pruning import masks as M
     from deepcuts import strategies as S
-    from deepcuts.budget import BASES
+    from deepcuts.pruning.budget import BASES
 
     config, model, prunable, batches = build(args, device)
     n_prunable = sum(p.numel() for p in prunable.values())
@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
     if "S3" in only or "mem" in only:
         import copy
 
-        from deepcuts import budget as B
+        from deepcuts.pruning import budget as B
 
         keep = BASES["bert_base"].keep_fraction(3)
         dense = copy.deepcopy(model)

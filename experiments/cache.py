@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from deepcuts.cache_admin import STAGES, prune, usage  # noqa: E402
+from deepcuts.cache.admin import STAGES, prune, usage  # noqa: E402
 
 
 def _mb(n: int) -> str:

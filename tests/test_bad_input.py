@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from deepcuts.errors import ConfigError
-from deepcuts.pipeline import run
+from deepcuts.config.errors import ConfigError
+from deepcuts.pipeline.flow import run
 from tests.conftest import REPO, TINY
 
 
@@ -62,7 +62,7 @@ def test_unwritable_output_folder(make_cfg, tmp_path):
 
 
 def test_nan_loss_stops_naming_the_stage(make_cfg, tmp_path, monkeypatch):
-    from deepcuts.model import GlueModel
+    from deepcuts.models.module import GlueModel
 
     monkeypatch.setattr(GlueModel, "loss_from_output", lambda self, out, labels: out.sum() * torch.tensor(float("nan")))
     with pytest.raises(FloatingPointError, match="stage: dense"):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from deepcuts import budget as B
-from deepcuts.errors import ConfigError
+from deepcuts.pruning import budget as B
+from deepcuts.config.errors import ConfigError
 
 # BERT-base (bert-base-uncased with a 2-way head), as stated in the README: T and P, so N = T - P.
 T_BERT, P_BERT = 109_483_778, 85_608_192
@@ -171,6 +171,6 @@ def test_bases_cost_nothing_at_import():
     import subprocess
     import sys
 
-    code = ("import sys, deepcuts.budget as B; assert 'deepcuts.model' not in sys.modules; "
+    code = ("import sys, deepcuts.pruning.budget as B; assert 'deepcuts.models.module' not in sys.modules; "
             "assert B.reference_budget.cache_info().currsize == 0; assert 'roberta_base' in B.BASES")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from deepcuts.cache_admin import prune, usage
-from deepcuts.pipeline import run
+from deepcuts.cache.admin import prune, usage
+from deepcuts.pipeline.flow import run
 
 
 def entry(root, stage, key, size, age_days=0.0):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepcuts import keys as K
-from deepcuts.pipeline import run
-from deepcuts.store import StageCache
+from deepcuts.cache import keys as K
+from deepcuts.pipeline.flow import run
+from deepcuts.cache.store import StageCache
 
 STRATEGY = '''
 from deepcuts.strategies import Strategy
@@ -56,7 +56,7 @@ def test_a_new_library_version_rebuilds_the_dense_model_and_says_why(make_cfg, t
     run(make_cfg("strategy=layer_mag_weight"))
     real = K.library_versions()
     monkeypatch.setattr(K, "library_versions", lambda: {**real, "torch": real["torch"] + "+edited"})
-    with caplog.at_level(logging.INFO, logger="deepcuts.store"):
+    with caplog.at_level(logging.INFO, logger="deepcuts.cache.store"):
         again = run(make_cfg("strategy=layer_mag_weight", f"output_dir={tmp_path / 'r2'}"))
     assert again["cache"]["builds"][0] == "dense" and "dense" not in again["cache"]["hits"]
     assert "differs in libraries.torch" in caplog.text
@@ -65,7 +65,7 @@ def test_a_new_library_version_rebuilds_the_dense_model_and_says_why(make_cfg, t
 def test_edited_data_rebuilds_the_dense_model(make_cfg, tmp_path):
     import shutil
 
-    from deepcuts.data import DEFAULT_GLUE_DIR
+    from deepcuts.data.glue import DEFAULT_GLUE_DIR
 
     root = tmp_path / "glue"
     shutil.copytree(DEFAULT_GLUE_DIR / "STS-B", root / "STS-B")
@@ -91,7 +91,7 @@ def test_rewind_restores_the_dense_entrys_own_initial_state(make_cfg, tmp_path, 
     head = load_file(str(tmp_path / "r2" / "pruned_model" / "head.safetensors"))
     torch.testing.assert_close(head["weight"], stored["head.weight"], rtol=0, atol=0)
 
-    import deepcuts.model as P
+    import deepcuts.models.module as P
 
     original = P.GlueModel.__init__
 
@@ -120,7 +120,7 @@ def test_a_restored_run_has_its_export_and_its_own_config(make_cfg, tmp_path):
 def test_two_jobs_building_one_entry_without_a_working_lock(tmp_path, monkeypatch):
     """On NFS flock may not be honoured: the job that finishes second keeps the first's valid
     entry and discards its own, instead of crashing on os.replace."""
-    import deepcuts.store as S
+    import deepcuts.cache.store as S
 
     monkeypatch.setattr(S.fcntl, "flock", lambda *a: None)
     cache_a, cache_b = StageCache(tmp_path), StageCache(tmp_path)

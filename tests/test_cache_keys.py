@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from deepcuts.keys import stage_specs
-from deepcuts.store import config_key
+from deepcuts.cache.keys import stage_specs
+from deepcuts.cache.store import config_key
 
 
 def keys(make_cfg, *overrides):
@@ -61,7 +61,7 @@ def test_run_key_changes_with_everything_that_determines_results(make_cfg, overr
 
 
 def test_changed_config_in_the_same_folder_is_redone(make_cfg, tmp_path):
-    from deepcuts.pipeline import run
+    from deepcuts.pipeline.flow import run
 
     first = run(make_cfg("strategy=layer_mag_weight"))
     second = run(make_cfg("strategy=layer_mag_weight", "epochs_final=2"))

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from deepcuts import masks as M
+from deepcuts.pruning import masks as M
 from deepcuts import strategies as S
-from deepcuts.pipeline import run
-from deepcuts.trace import MovementTrace
+from deepcuts.pipeline.flow import run
+from deepcuts.scoring.trace import MovementTrace
 from tests.test_strategies import (
     MLP,
     ONE_LINEAR_BATCHES,
@@ -213,7 +213,7 @@ def test_snip_with_pretrained_rewind_skips_the_dense_fine_tune(make_cfg, tmp_pat
 
 
 def test_movement_cannot_be_scored_at_the_pretrained_model(make_cfg):
-    from deepcuts.errors import ConfigError
+    from deepcuts.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="scoring.at"):
         run(make_cfg("strategy=movement", "scoring.at=pretrained"))
@@ -275,7 +275,7 @@ def test_movement_trace_leaves_out_steps_with_non_finite_gradients(tmp_path):
 def test_pretrained_scores_with_finetuned_rewind_train_from_the_dense_weights(make_cfg, tmp_path):
     """Scoring at the initial state must not leave the model there: with rewind=finetuned the
     masked model is the dense model times the masks (epochs_final=0: nothing trained after)."""
-    from deepcuts.export import load_exported
+    from deepcuts.models.export import load_exported
 
     run(make_cfg("strategy=snip", "rewind=finetuned", "epochs_final=0", "save_model=true"))
     (dense_entry,) = (tmp_path / "cache" / "dense").glob("*/model.safetensors")
@@ -287,7 +287,7 @@ def test_pretrained_scores_with_finetuned_rewind_train_from_the_dense_weights(ma
     got = next(v for k, v in params.items() if k.endswith("encoder.layer.0.attention.self.query.weight"))
     torch.testing.assert_close(got.detach(), dense[name] * masks[name], rtol=0, atol=0)
     # the compact copy of the same model: identical weights, a smaller file
-    from deepcuts.compact import load_compact
+    from deepcuts.models.compact import load_compact
 
     compact = load_compact(tmp_path / "run" / "pruned_model" / "model.compact.safetensors")
     torch.testing.assert_close(compact[name], dense[name] * masks[name], rtol=0, atol=0)
@@ -296,7 +296,7 @@ def test_pretrained_scores_with_finetuned_rewind_train_from_the_dense_weights(ma
 
 
 def test_the_trace_can_be_switched_off(make_cfg, tmp_path):
-    from deepcuts.errors import ConfigError
+    from deepcuts.config.errors import ConfigError
 
     run(make_cfg("strategy=layer_mag_weight", "scoring.trace_movement=false", "epochs_final=0"))
     assert list((tmp_path / "cache" / "dense").glob("*/model.safetensors"))

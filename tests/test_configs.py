@@ -85,7 +85,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_yaml_declares_its_architecture(name):
-    from deepcuts.encoders import ModelSpec
+    from deepcuts.models.encoders import ModelSpec
 
     cfg = hydra_cfg(f"model={name}")
     spec = ModelSpec.from_cfg(cfg.model)  # arch, backbone, pooling, layout, inputs: checked
@@ -98,7 +98,7 @@ def test_every_model_yaml_declares_its_architecture(name):
 
 
 def test_every_hub_model_has_a_ratio_basis():
-    from deepcuts.budget import REFERENCE_CONFIGS
+    from deepcuts.pruning.budget import REFERENCE_CONFIGS
 
     hub = [m for m in MODELS if (p := hydra_cfg(f"model={m}").model.pretrained) and not p.startswith("package:")]
     assert sorted(hub) == sorted(REFERENCE_CONFIGS)

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from deepcuts.data import GlueDataModule
-from deepcuts.errors import ConfigError
-from deepcuts.model import load_tokenizer
+from deepcuts.data.glue import GlueDataModule
+from deepcuts.config.errors import ConfigError
+from deepcuts.models.module import load_tokenizer
 
 
 @pytest.fixture(scope="module")

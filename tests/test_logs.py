@@ -14,12 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from deepcuts.errors import ConfigError
-from deepcuts.logs import quiet_third_party
-from deepcuts.pipeline import run
-from deepcuts.progress import LabelledRichBar, LogProgress, progress_callbacks
-from deepcuts.store import StageCache
-from deepcuts.tracking import run_location
+from deepcuts.config.errors import ConfigError
+from deepcuts.runtime.logs import quiet_third_party
+from deepcuts.pipeline.flow import run
+from deepcuts.runtime.progress import LabelledRichBar, LogProgress, progress_callbacks
+from deepcuts.cache.store import StageCache
+from deepcuts.runtime.tracking import run_location
 
 RANK_ZERO = "pytorch_lightning.utilities.rank_zero"
 TIP = "💡 Tip: For seamless cloud logging"
@@ -86,7 +86,7 @@ def test_a_job_in_a_file_logs_progress_per_stage_and_no_library_noise(make_cfg, 
 
 
 def test_no_progress_lines_when_the_bar_is_disabled(make_cfg, capsys):
-    with Records("deepcuts.progress") as ours:
+    with Records("deepcuts.runtime.progress") as ours:
         run(make_cfg("data=stsb", "strategy=layer_mag_grad", "progress.every_n_steps=1"))  # conftest: bar off
     assert ours == []
     printed = capsys.readouterr()

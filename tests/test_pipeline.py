@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepcuts import budget as B
-from deepcuts.model import build_model, load_tokenizer
-from deepcuts.pipeline import run
+from deepcuts.pruning import budget as B
+from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.pipeline.flow import run
 
 CONTRACT = {
     "data", "model", "strategy", "ratio", "ratio_basis", "seed", "keep_fraction", "achieved_ratio",
@@ -175,7 +175,7 @@ def test_finished_run_is_skipped_on_relaunch(make_cfg, tmp_path):
 
 
 def test_bad_ratio_fails_before_any_output(make_cfg, tmp_path):
-    from deepcuts.errors import ConfigError
+    from deepcuts.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="4.586"):
         run(make_cfg("ratio=5"))
@@ -187,8 +187,8 @@ def test_fine_tuning_runs_with_dropout_on(make_cfg, tmp_path):
     """from_pretrained returns eval mode and Lightning keeps module modes: training must switch."""
     from omegaconf import OmegaConf
 
-    from deepcuts.data import GlueDataModule
-    from deepcuts.training import fine_tune
+    from deepcuts.data.glue import GlueDataModule
+    from deepcuts.training.fine_tune import fine_tune
 
     cfg = make_cfg("data=stsb")
     tok = load_tokenizer(cfg.model.tokenizer)

@@ -16,11 +16,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from deepcuts.data import resolve_root
-from deepcuts.errors import ConfigError
-from deepcuts.export import load_exported
-from deepcuts.pipeline import run
-from deepcuts.predict import file_layout, predict
+from deepcuts.data.glue import resolve_root
+from deepcuts.config.errors import ConfigError
+from deepcuts.models.export import load_exported
+from deepcuts.pipeline.flow import run
+from deepcuts.models.predict import file_layout, predict
 from tests.conftest import REPO, compose_cfg
 
 _spec = importlib.util.spec_from_file_location("predict_cli", REPO / "predict.py")
@@ -216,7 +216,7 @@ def test_bad_input_gives_a_clear_error_and_no_file(stsb, tmp_path, capsys, monke
 
 
 def test_an_error_while_writing_leaves_the_previous_file(stsb, tmp_path, monkeypatch):
-    import deepcuts.predict as P
+    import deepcuts.models.predict as P
 
     out = tmp_path / "p.tsv"
     out.write_text("previous\n")

@@ -10,16 +10,16 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from deepcuts import budget as B
-from deepcuts import gradual as G
-from deepcuts import masks as M
-from deepcuts.data import EXAMPLE_INDEX, GlueDataModule
-from deepcuts.distill import DistillSettings, distill_loss, teacher_outputs
-from deepcuts.errors import ConfigError
-from deepcuts.model import build_model, load_tokenizer
-from deepcuts.pipeline import run
-from deepcuts.rewind import RewindPoint, replay
-from deepcuts.training import fine_tune
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import schedule as G
+from deepcuts.pruning import masks as M
+from deepcuts.data.glue import EXAMPLE_INDEX, GlueDataModule
+from deepcuts.training.distill import DistillSettings, distill_loss, teacher_outputs
+from deepcuts.config.errors import ConfigError
+from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.pipeline.flow import run
+from deepcuts.training.rewind import RewindPoint, replay
+from deepcuts.training.fine_tune import fine_tune
 
 # -- distillation -------------------------------------------------------------------------------
 
@@ -97,7 +97,7 @@ def test_distilled_run_trains_on_the_kd_loss_and_caches_the_teacher(make_cfg, tm
         seen.append(args[3:5])
         return original(*args, **kwargs)
 
-    import deepcuts.distill as D
+    import deepcuts.training.distill as D
 
     D.distill_loss, saved = spy, D.distill_loss
     try:
@@ -117,7 +117,7 @@ def test_distilled_run_trains_on_the_kd_loss_and_caches_the_teacher(make_cfg, tm
 
 
 def test_no_lever_leaves_the_run_key_of_a_plain_run(make_cfg):
-    from deepcuts import keys as K
+    from deepcuts.cache import keys as K
 
     plain = make_cfg("data=stsb")
     off = make_cfg("data=stsb", "distill.temperature=5", "shot_epochs=3", "rewind=pretrained")
@@ -235,7 +235,7 @@ def test_rewind_to_a_step_restores_exactly_that_steps_weights(make_cfg, tmp_path
 
 def test_pipeline_rewinds_to_the_replayed_step(make_cfg, tmp_path):
     """With no masked epochs the exported model is the step-3 weights times the masks."""
-    from deepcuts.export import load_exported
+    from deepcuts.models.export import load_exported
 
     cfg = make_cfg("data=sst2", "strategy=layer_mag_weight", "rewind=step:3", "epochs_dense=2", "epochs_final=0",
                    "save_model=true", "optimizer.lr=1e-3")

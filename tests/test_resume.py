@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepcuts.pipeline import run
+from deepcuts.pipeline.flow import run
 from tests.conftest import REPO, compose_cfg
 
 OVERRIDES = ("data=stsb", "strategy=gradcam_shift", "epochs_dense=2", "epochs_final=2")
@@ -23,9 +23,9 @@ KILLER = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from pathlib import Path
     from tests.conftest import compose_cfg
-    import deepcuts.training as training
+    import deepcuts.training.fine_tune as training
     import deepcuts.strategies.base as base
-    from deepcuts.pipeline import run
+    from deepcuts.pipeline.flow import run
 
     stage = sys.argv[1]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)

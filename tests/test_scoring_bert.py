@@ -10,12 +10,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from deepcuts import budget as B
-from deepcuts import masks as M
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
 from deepcuts import strategies as S
-from deepcuts.data import GlueDataModule
-from deepcuts.model import build_model, load_tokenizer
-from deepcuts.scoring import run_scoring
+from deepcuts.data.glue import GlueDataModule
+from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.scoring.passes import run_scoring
 
 QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}
 QUERY = "bert.encoder.layer.0.attention.self.query"

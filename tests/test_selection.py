@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from deepcuts.data import GlueDataModule, holdout_indices
-from deepcuts.model import build_model, load_tokenizer
-from deepcuts.pipeline import run
-from deepcuts.training import fine_tune
+from deepcuts.data.glue import GlueDataModule, holdout_indices
+from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.pipeline.flow import run
+from deepcuts.training.fine_tune import fine_tune
 
 
 def test_holdout_is_stratified_seeded_and_disjoint():
@@ -87,7 +87,7 @@ def test_constant_predictions_finish_with_the_last_epoch(make_cfg, tmp_path, cap
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()  # 5 * sigmoid(0) = 2.5 for every pair
-    with caplog.at_level(logging.WARNING, logger="deepcuts.training"):
+    with caplog.at_level(logging.WARNING, logger="deepcuts.training.fine_tune"):
         out = fine_tune(model, data, cfg, 2, tmp_path / "ft", "pruned")
     assert all(h["pearson"] != h["pearson"] for h in out["history"])  # NaN every epoch
     assert out["best_epoch"] is None and out["selected"] == out["history"][-1]
@@ -105,7 +105,7 @@ def test_results_record_the_rule_and_both_epochs(make_cfg, tmp_path):
 
 
 def test_unknown_rule_fails_before_training(make_cfg, tmp_path):
-    from deepcuts.errors import ConfigError
+    from deepcuts.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="selection='best'"):
         run(make_cfg("selection=best"))
@@ -134,7 +134,7 @@ def test_shuffled_permutes_each_tensor_of_the_source_masks(make_cfg, tmp_path):
 
 
 def test_shuffled_of_an_unknown_strategy_fails_clearly(make_cfg):
-    from deepcuts.errors import ConfigError
+    from deepcuts.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="strategy.of='camcut' names no strategy"):
         run(make_cfg("strategy=shuffled", "strategy.of=camcut"))

@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepcuts import strategies as S
-from deepcuts.errors import ConfigError
-from deepcuts.scoring import run_scoring
+from deepcuts.config.errors import ConfigError
+from deepcuts.scoring.passes import run_scoring
 
 QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}
 

@@ -12,14 +12,14 @@ import torchmetrics.functional as TF
 from omegaconf import OmegaConf
 from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
-from deepcuts import budget as B
-from deepcuts import structured as S
-from deepcuts.data import GlueDataModule
-from deepcuts.errors import ConfigError
-from deepcuts.export import export_pruned, load_exported
-from deepcuts.masks import apply_masks
-from deepcuts.model import build_model, load_tokenizer
-from deepcuts.pipeline import run
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import structured as S
+from deepcuts.data.glue import GlueDataModule
+from deepcuts.config.errors import ConfigError
+from deepcuts.models.export import export_pruned, load_exported
+from deepcuts.pruning.masks import apply_masks
+from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.pipeline.flow import run
 
 BERT = {"layers": "encoder.layer", "query": "attention.self.query", "key": "attention.self.key",
         "value": "attention.self.value", "attn_out": "attention.output.dense",
@@ -306,7 +306,7 @@ def test_native_cam_cut_unit_scores_by_hand(make_cfg, tmp_path):
                    "rewind=finetuned", "epochs_final=0", "ratio=2")
     res = run(cfg)
     entry = next((tmp_path / "cache" / "scores").glob("*/scores.safetensors")).parent
-    from deepcuts.store import read_tensors
+    from deepcuts.cache.store import read_tensors
     scores, units = read_tensors(entry / "scores.safetensors"), read_tensors(entry / "units.safetensors")
     dense = read_tensors(next((tmp_path / "cache" / "dense").glob("*/model.safetensors")))
     assert set(units) == {n.removesuffix(".bias") for n in scores if n.endswith(".bias")}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deepcuts.data import label_map, parse_labels
-from deepcuts.errors import ConfigError
-from deepcuts.pipeline import run
+from deepcuts.data.glue import label_map, parse_labels
+from deepcuts.config.errors import ConfigError
+from deepcuts.pipeline.flow import run
 
 PAIRS = [("a man is playing a guitar", "a man plays music"), ("a dog runs in the park", "a cat sleeps"),
          ("the sun is shining", "it is a sunny day"), ("she reads a book", "nobody is reading"),

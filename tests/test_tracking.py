@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deepcuts.pipeline import run
+from deepcuts.pipeline.flow import run
 
 WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of framed chunks
 CHUNK_HEADER = struct.Struct("<IHB")  # crc32c, length, type (1 full, 2 first, 3 middle, 4 last)

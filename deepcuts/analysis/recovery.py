@@ -49,7 +49,7 @@ from deepcuts.analysis import stats
 from deepcuts.analysis.report import RESULTS, _config_key, _latest, _state, collect_runs, sweep_keys
 from deepcuts.analysis.report_keys import fmt, groups, norm, sort_value
 from deepcuts.analysis.timing import _built, _stage_key
-from deepcuts.store import atomic_path
+from deepcuts.cache.store import atomic_path
 
 __all__ = ["DEFAULT_REFERENCE", "RecoveryError", "load_runs", "parse_target", "recipe_label",
            "recovery_table", "write_recovery"]

@@ -42,7 +42,7 @@ from deepcuts.analysis.report_keys import (
 from deepcuts.analysis.report_markdown import DEV_FLAG, render_markdown
 from deepcuts.analysis.report_plots import plot_ratio
 from deepcuts.analysis.timing import stage_times, timing_markdown
-from deepcuts.nested import flatten
+from deepcuts.config.nested import flatten
 
 __all__ = ["DEFAULT_BASELINES", "DEV_FLAG", "Reference", "ReportCallback", "collect_runs",
            "dev_references", "group_keys", "paired_differences", "read_config", "summarise",

@@ -1,6 +1,6 @@
 """The scoring callback and the hook context managers every gradient strategy shares.
 
-A :class:`Strategy` is a Lightning callback attached to a scoring pass (see ``deepcuts.scoring``):
+A :class:`Strategy` is a Lightning callback attached to a scoring pass (see ``deepcuts.scoring.passes``):
 the pass runs forward/backward on each batch with no optimiser step, and the callback turns the
 gradients (and captured activations) into one score buffer per prunable tensor, accumulated in
 place. Hooks are registered in context managers and removed on exit, also on an exception.
@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 ACCUMULATE = ("sum_abs", "abs_of_mean")
 SCOPES = ("layer", "row", "global")  # comparison groups: each tensor, each output row, all tensors

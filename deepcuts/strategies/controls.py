@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 from deepcuts.strategies.base import Strategy
 
 

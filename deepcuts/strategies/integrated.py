@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 from deepcuts.strategies.base import Strategy
 
 

@@ -1,5 +1,5 @@
 """Movement pruning (Sanh et al. 2020): scores traced during the dense fine-tune
-(:class:`deepcuts.trace.MovementTrace`)."""
+(:class:`deepcuts.scoring.trace.MovementTrace`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class Movement(Strategy):
     """Movement: ``S = -sum_s W_s * G_s`` over every optimiser step ``s`` of the dense fine-tune
     (Sanh et al.'s first-order movement score): weights moving away from zero score high, those
     pulled towards it low (signed; the top scores are kept). Traced by
-    :class:`deepcuts.trace.MovementTrace` while the dense model trains, so it costs no scoring pass
+    :class:`deepcuts.scoring.trace.MovementTrace` while the dense model trains, so it costs no scoring pass
     and sees every training batch. The trace covers every epoch of the dense fine-tune, also when
     ``selection`` keeps an earlier one; it needs ``epochs_dense >= 1``."""
 

@@ -7,7 +7,7 @@ import contextlib
 
 import torch
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 from deepcuts.strategies.base import Strategy, forward_hooks, module_of
 from deepcuts.strategies.gradcam import ActivationMeans
 

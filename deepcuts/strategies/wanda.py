@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 from deepcuts.strategies.base import Strategy, forward_hooks, module_of
 
 

@@ -1,7 +1,7 @@
 """Progress where the user looks: Lightning's rich bar on a terminal, log lines in a file.
 
 Sent to a file (nohup, CI, SLURM), a progress bar is written once, finished. There a job logs
-lines instead (logger ``deepcuts.progress``), one at least every ``progress.every_s`` seconds and,
+lines instead (logger ``deepcuts.runtime.progress``), one at least every ``progress.every_s`` seconds and,
 when set, every ``progress.every_n_steps`` steps, plus one at the end of each epoch and stage::
 
     dense fine-tune | epoch 1/3 | step 40/96 | 2.1 it/s | ETA 0:00:27 | train/loss 1.255
@@ -27,7 +27,7 @@ from pytorch_lightning.callbacks.progress import ProgressBar, RichProgressBar
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.imports import _RICH_AVAILABLE
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "bar", "log")

@@ -1,7 +1,7 @@
 """Evaluate an exported pruned model on a GLUE-format file and write its predictions as TSV.
 
 The export folder (``<run>/pruned_model`` of a run made with ``save_model=true``) holds all that
-is needed: the model (:func:`deepcuts.export.load_exported`), the tokenizer, and ``data.json``
+is needed: the model (:func:`deepcuts.models.export.load_exported`), the tokenizer, and ``data.json``
 (how the task's files are read, and its metrics). A file with the label column is scored with
 every metric of ``data.json``; a file without it (a GLUE test file) gets predictions only.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from deepcuts.data import parse_labels, read_tsv
-from deepcuts.errors import ConfigError
-from deepcuts.export import DATA_FILE, HEAD_FILE, TASK_FILE
-from deepcuts.store import atomic_path
+from deepcuts.data.glue import parse_labels, read_tsv
+from deepcuts.config.errors import ConfigError
+from deepcuts.models.export import DATA_FILE, HEAD_FILE, TASK_FILE
+from deepcuts.cache.store import atomic_path
 
 EXPORT_FILES = ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE)
 DEFAULT_BATCH_SIZE = 128
@@ -134,7 +134,7 @@ def run_model(folder: Path, texts: list[list[str]], data: dict, batch_size: int,
     """The export's outputs (logits, or scores) for the examples, in order, on the CPU."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from deepcuts.export import load_exported
+    from deepcuts.models.export import load_exported
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     encoded = tokenizer(*texts, truncation=True, max_length=int(data.get("max_length", 128)))

@@ -5,7 +5,7 @@ each tensor that has a mask, only the values the mask keeps and the mask itself 
 entry; tensors without a mask are stored as they are. At keep fraction ``f`` a float32 tensor of
 ``n`` entries takes ``n * (4 f + 1/8)`` bytes instead of ``4 n``: smaller whenever ``f < 0.97``.
 
-Layout (format ``deepcuts.compact``, version 1): one safetensors file, written atomically, with
+Layout (format ``deepcuts.models.compact``, version 1): one safetensors file, written atomically, with
 
 * ``values/<name>``: 1-D, the original dtype, the kept entries of tensor ``<name>`` in row-major
   (C) order of the mask's True entries (``tensor.reshape(-1)[mask.reshape(-1)]``);
@@ -13,7 +13,7 @@ Layout (format ``deepcuts.compact``, version 1): one safetensors file, written a
   ``numpy.packbits(mask.reshape(-1), bitorder="little")``: entry ``i`` is bit ``i % 8`` (least
   significant bit first) of byte ``i // 8``; the unused high bits of the last byte are 0;
 * ``dense/<name>``: a tensor without a mask, unchanged;
-* string metadata: ``format`` = ``deepcuts.compact``, ``format_version`` = ``1``, ``bit_order`` =
+* string metadata: ``format`` = ``deepcuts.models.compact``, ``format_version`` = ``1``, ``bit_order`` =
   ``little``, and ``tensors`` = a JSON list, in the state dict's order, of
   ``{"name", "kind" ("masked" | "dense"), "dtype" (e.g. "float32"), "shape", "kept" (masked only)}``.
 
@@ -36,11 +36,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
-from deepcuts.errors import ConfigError
-from deepcuts.masks import current_masks, detach_masked_views, remove_masks
-from deepcuts.store import atomic_path
+from deepcuts.config.errors import ConfigError
+from deepcuts.pruning.masks import current_masks, detach_masked_views, remove_masks
+from deepcuts.cache.store import atomic_path
 
-FORMAT, VERSION, BIT_ORDER = "deepcuts.compact", 1, "little"
+FORMAT, VERSION, BIT_ORDER = "deepcuts.models.compact", 1, "little"
 COMPACT_FILE = "model.compact.safetensors"
 
 
@@ -52,7 +52,7 @@ def _check(state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> No
     for name, mask in masks.items():
         if name not in state:
             hint = (" The state holds the unfolded pruning parametrisation (weight_orig + weight_mask): "
-                    "fold it first with deepcuts.masks.remove_masks." if f"{name}_orig" in state else "")
+                    "fold it first with deepcuts.pruning.masks.remove_masks." if f"{name}_orig" in state else "")
             raise ConfigError(f"mask {name!r} names no tensor of the state dict.{hint}")
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -126,7 +126,7 @@ def save_compact(
         if lost and not drop_unmasked:
             raise ValueError(
                 f"tensor {name!r} has {lost} non-zero entries outside its mask: apply the masks "
-                "first (deepcuts.masks.apply_masks), check that they belong to this state, or "
+                "first (deepcuts.pruning.masks.apply_masks), check that they belong to this state, or "
                 "pass drop_unmasked=True to store only the kept entries."
             )
         tensors[f"values/{name}"] = values
@@ -168,7 +168,7 @@ def _unpack(path: Path, entry: dict, bits: torch.Tensor) -> np.ndarray:
 
 def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     """The boolean masks stored in a compact file, keyed by tensor name (e.g. to re-attach them
-    with ``deepcuts.masks.apply_masks`` for further masked fine-tuning)."""
+    with ``deepcuts.pruning.masks.apply_masks`` for further masked fine-tuning)."""
     path = Path(path)
     layout = _layout(path)
     masks = {}
@@ -246,7 +246,7 @@ def compact_report(path: str | Path, state: dict[str, torch.Tensor] | None = Non
 def export_compact(model: nn.Module, masks: dict[str, torch.Tensor] | None, folder: str | Path) -> Path:
     """Write ``model``'s state with its masks folded in (a deep copy; ``model`` is untouched) in
     the compact format as ``folder / "model.compact.safetensors"``. ``masks=None`` takes the masks
-    attached to the model (``deepcuts.masks.current_masks``)."""
+    attached to the model (``deepcuts.pruning.masks.current_masks``)."""
     if masks is None:
         masks = current_masks(model)
     detach_masked_views(model)  # a masked weight computed with grad cannot be deep-copied
@@ -259,7 +259,7 @@ def load_compact_into(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a compact file into ``model`` (same architecture, no masks attached; strict), in place."""
     if current_masks(model):
         raise ConfigError("load_compact_into needs a model without masks attached (the file holds "
-                          "folded weights): use a fresh model or deepcuts.masks.remove_masks first.")
+                          "folded weights): use a fresh model or deepcuts.pruning.masks.remove_masks first.")
     path = Path(path)
     if path.is_dir():
         path = path / COMPACT_FILE

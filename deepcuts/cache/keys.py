@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from deepcuts.store import config_key, file_sha256
+from deepcuts.cache.code import code_digest as closure_digest
+from deepcuts.cache.store import config_key, file_sha256
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers", "tokenizers", "pytorch-lightning", "datasets", "torchmetrics", "numpy")
-FINE_TUNE_CODE = ("data.py", "encoders.py", "model.py", "training.py", "trace.py")
-SCORING_CODE = ("scoring.py",)  # with the files of the scoring strategy's class chain
-RUN_CODE = ("masks.py", "budget.py", "pipeline.py", "outputs.py", "export.py")  # + the run strategy's files
+FINE_TUNE_CODE = ("deepcuts.data.glue", "deepcuts.models.module", "deepcuts.training.fine_tune", "deepcuts.scoring.trace")
+SCORING_CODE = ("deepcuts.scoring.passes",)  # with the files of the scoring strategy's class chain
+RUN_CODE = ("deepcuts.pipeline.flow",)  # + the run strategy's files
 TRAINER_COSMETIC = ("log_every_n_steps", "enable_progress_bar", "enable_model_summary", "accelerator")
 NOT_DATA = ("root", "cache_dir", "num_workers")  # where the data is, not what it is
 
@@ -47,13 +48,9 @@ def _digest(texts: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
-def code_digest(files: tuple[str, ...], *objects: object) -> str:
-    """sha256 over package source files and the source of extra functions."""
-    texts = [(PACKAGE / name).read_text() for name in files]
-    for obj in objects:
-        linecache.checkcache(inspect.getsourcefile(obj))  # an edited module is read afresh
-        texts.append(inspect.getsource(obj))
-    return _digest(texts)
+def code_digest(modules: tuple[str, ...], *objects: object) -> str:
+    """The import-closure digest of ``modules`` and ``objects`` (deepcuts.cache.code)."""
+    return closure_digest(*modules, *objects)
 
 
 def strategy_digest(cls: type) -> str:
@@ -91,7 +88,7 @@ def _trainer_spec(trainer: DictConfig) -> dict:
 def data_files(cfg: DictConfig) -> dict:
     """The sha256 of the task's train and dev files: edited data never hits an old model, and a
     copy of the same files (another machine, another mtime) still does."""
-    from deepcuts.data import resolve_root
+    from deepcuts.data.glue import resolve_root
 
     folder = resolve_root(cfg.data.get("root")) / cfg.data.folder
     return {
@@ -151,7 +148,7 @@ def stage_specs(
         "strategy": _plain(cfg.strategy),
         **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "rewind", "epochs_final", "save_model")},
         "kept": keep_fraction,  # resolved: a reference basis (ratio_basis) is part of it
-        **({"structure": _plain(cfg.structure), "structure_code": code_digest(("structured.py",))}
+        **({"structure": _plain(cfg.structure), "structure_code": code_digest(("deepcuts.pruning.structured",))}
            if _structured(cfg) else {}),  # none: keys as before
         "code": [code_digest(RUN_CODE), strategy_digest(type(strategy))],
         **_recipe(cfg),  # entries only for the levers a run uses
@@ -163,13 +160,13 @@ def _recipe(cfg: DictConfig) -> dict:
     """The run-key entries of the recovery levers, present only when one is used."""
     extra = {}
     if cfg.get("shots", 1) != 1:
-        extra |= {"shots": cfg.shots, "shot_epochs": cfg.get("shot_epochs", 1), "gradual_code": code_digest(("gradual.py",))}
+        extra |= {"shots": cfg.shots, "shot_epochs": cfg.get("shot_epochs", 1), "gradual_code": code_digest(("deepcuts.pruning.schedule",))}
     if (distill := cfg.get("distill")) is not None and distill.get("alpha", 0):
-        extra |= {"distill": _plain(distill), "distill_code": code_digest(("distill.py",))}
+        extra |= {"distill": _plain(distill), "distill_code": code_digest(("deepcuts.training.distill",))}
     if str(cfg.get("rewind")).startswith(("step:", "epoch:")):
-        from deepcuts.rewind import RewindPoint
+        from deepcuts.training.rewind import RewindPoint
 
-        extra |= {"rewind": RewindPoint.parse(cfg.rewind).spec(), "rewind_code": code_digest(("rewind.py",))}
+        extra |= {"rewind": RewindPoint.parse(cfg.rewind).spec(), "rewind_code": code_digest(("deepcuts.training.rewind",))}
     return extra
 
 

@@ -1,6 +1,6 @@
 """Encoder + task head as a LightningModule, with torchmetrics for every GLUE metric.
 
-The encoder comes from the model YAML (:mod:`deepcuts.encoders`) and is registered under its
+The encoder comes from the model YAML (:mod:`deepcuts.models.encoders`) and is registered under its
 ``backbone`` name, so parameter names follow transformers (``bert.encoder.layer.0...``).
 Classification: ``pooled -> Linear(hidden, num_labels)``, cross-entropy.
 Regression (STS-B): ``min + (max - min) * sigmoid(Linear(hidden, 1))`` -- the paper's ``5 sigmoid``
@@ -18,18 +18,19 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from transformers import PreTrainedModel
 
-from deepcuts.encoders import (
+from deepcuts.models.encoders import (
     ENCODER_INPUTS,
     LAYOUT_KEYS,
     POOLINGS,
     REQUIRED_INPUTS,
+    MODULE_ATTRIBUTES,
     ModelSpec,
     check_backbone,
     encoder_inputs,
     load_encoder,
 )
-from deepcuts.encoders import load_tokenizer as load_tokenizer  # re-exported: build_model's partner
-from deepcuts.errors import ConfigError
+from deepcuts.models.encoders import load_tokenizer as load_tokenizer  # re-exported: build_model's partner
+from deepcuts.config.errors import ConfigError
 
 
 def build_model(cfg, tokenizer) -> GlueModel:
@@ -99,9 +100,7 @@ class GlueModel(pl.LightningModule):
     reached architecture-independently as ``model.encoder``."""
 
     # attributes set on instances (class attributes and methods are refused through hasattr)
-    RESERVED = frozenset({"encoder", "head", "task", "layout", "inputs", "pooling", "backbone", "arch",
-                          "regression", "val_metrics", "holdout_metrics", "optimizer_factory",
-                          "scheduler_factory", "stage", "prunable", "extra_metrics", "eval_sets", "teacher"})
+    RESERVED = MODULE_ATTRIBUTES
 
     def __init__(
         self,
@@ -119,7 +118,7 @@ class GlueModel(pl.LightningModule):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling={pooling!r} is unknown; use one of {POOLINGS}.")
-        check_backbone(backbone)
+        check_backbone(backbone, GlueModel)
         self.backbone, self.pooling = backbone, pooling
         setattr(self, backbone, encoder)
         self.inputs = tuple(inputs) if inputs else encoder_inputs(encoder, ENCODER_INPUTS)
@@ -135,7 +134,7 @@ class GlueModel(pl.LightningModule):
         self.eval_sets = ["val", "holdout"]  # what each validation loader is, in order
         self._seen: set[str] = set()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.teacher = None  # a deepcuts.distill.Teacher during a distilled fine-tune (not in the state dict)
+        self.teacher = None  # a deepcuts.training.distill.Teacher during a distilled fine-tune (not in the state dict)
 
     @property
     def encoder(self) -> PreTrainedModel:
@@ -170,7 +169,7 @@ class GlueModel(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.teacher is None:
             loss = self.loss(batch)
-        else:  # knowledge distillation from cached teacher outputs (deepcuts.distill)
+        else:  # knowledge distillation from cached teacher outputs (deepcuts.training.distill)
             loss = self.teacher.loss(self._forward_batch(batch), batch, self.loss_from_output, self.regression)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -220,3 +219,4 @@ class GlueModel(pl.LightningModule):
         steps = self.trainer.estimated_stepping_batches
         scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 
 def keep_schedule(final_keep: float, shots: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""The outputs contract of a run, and the files of its cache entries (``deepcuts.keys`` keys them).
+"""The outputs contract of a run, and the files of its cache entries (``deepcuts.cache.keys`` keys them).
 
 Every run folder holds ``results.json`` (written last, atomically, with ``"status": "complete"``),
 ``masks.safetensors`` (one boolean tensor per pruned parameter, keyed by parameter name),
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepcuts import budget as B
-from deepcuts import masks as M
-from deepcuts.errors import ConfigError
-from deepcuts.store import (
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
+from deepcuts.config.errors import ConfigError
+from deepcuts.cache.store import (
     StageCache,
     atomic_path,
     read_tensors,
@@ -127,7 +127,7 @@ def initial_state(folder: Path, pretrained: dict) -> dict:
     checkpoint weights) with the entry's seeded tensors, checked against the entry's digest."""
     from safetensors import safe_open
 
-    from deepcuts.keys import state_digest
+    from deepcuts.cache.keys import state_digest
 
     path = folder / "initial.safetensors"
     with safe_open(str(path), framework="pt") as fh:
@@ -241,8 +241,8 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig, tok
         tmp.write_text(buf.getvalue())
     write_config(out, cfg)
     if cfg.get("save_model"):
-        from deepcuts.compact import export_compact
-        from deepcuts.export import export_pruned
+        from deepcuts.models.compact import export_compact
+        from deepcuts.models.export import export_pruned
 
         tmp = out / f".{EXPORT}.tmp"  # built aside, then swapped in: no stale or half-written files
         shutil.rmtree(tmp, ignore_errors=True)

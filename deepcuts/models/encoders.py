@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from transformers import (
@@ -37,14 +38,20 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spm.model", "vocab.json")
-MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 POOLINGS = ("pooler", "first", "mean")
+# the attributes the LightningModule (deepcuts.models.module.GlueModel) sets on its instances
+MODULE_ATTRIBUTES = frozenset({
+    "encoder", "head", "task", "layout", "inputs", "pooling", "backbone", "arch", "regression",
+    "val_metrics", "holdout_metrics", "optimizer_factory", "scheduler_factory", "stage", "prunable",
+    "extra_metrics", "eval_sets", "teacher",
+})
 LAYOUT_KEYS = ("layers", "query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a GLUE batch can hold
 REQUIRED_INPUTS = ("input_ids", "attention_mask")  # mean pooling and CAM means need the mask
@@ -175,11 +182,10 @@ class ModelSpec:
             )
 
 
-def check_backbone(name: str, where: str = "model") -> None:
-    """A backbone is a plain attribute name that GlueModel does not already use."""
-    from deepcuts.model import GlueModel  # the module that registers it (imported when called)
-
-    if not name.isidentifier() or name in GlueModel.RESERVED or hasattr(GlueModel, name):
+def check_backbone(name: str, where: str = "model", module_class: type = pl.LightningModule) -> None:
+    """A backbone is a plain attribute name that the model class does not already use (its
+    instance attributes, ``MODULE_ATTRIBUTES``, and its class attributes and methods)."""
+    if not name.isidentifier() or name in MODULE_ATTRIBUTES or hasattr(module_class, name):
         raise ConfigError(
             f"{where}: backbone={name!r} must be a free attribute name such as bert or roberta "
             "(the first part of the encoder's parameter names)."

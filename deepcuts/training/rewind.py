@@ -18,7 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 NAMED = ("pretrained", "finetuned")
 REWIND_FILE = "rewind.safetensors"
@@ -94,7 +94,7 @@ class CaptureAt(pl.Callback):
 def replay(model, data, cfg, point: RewindPoint, initial: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
     """The dense fine-tune's weights at ``point``, by running it again from ``initial``. The
     model is left at that point."""
-    from deepcuts.training import fine_tune
+    from deepcuts.training.fine_tune import fine_tune
 
     model.load_state_dict(initial)
     capture = CaptureAt(point)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 
 def _check_finite(name: str, score: torch.Tensor) -> None:

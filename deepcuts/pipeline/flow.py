@@ -15,28 +15,28 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deepcuts import budget as B
-from deepcuts import gradual as G
-from deepcuts import keys as K
-from deepcuts import masks as M
-from deepcuts import outputs
-from deepcuts.data import GlueDataModule
-from deepcuts.distill import TEACHER_FILE, DistillSettings, Teacher, teacher_outputs
-from deepcuts.errors import ConfigError
-from deepcuts.logs import quiet_third_party
-from deepcuts.model import build_model, load_tokenizer
-from deepcuts.progress import progress_settings
-from deepcuts.rewind import REWIND_FILE, RewindPoint, replay, steps_per_epoch
-from deepcuts.scoring import run_scoring, scoring_batches, scoring_state
-from deepcuts.store import StageCache, config_key, read_tensors, write_tensors
-from deepcuts.structured import Structure
-from deepcuts.trace import TRACE, MovementTrace
-from deepcuts.tracking import tracking
-from deepcuts.training import check_selection, check_trainer, fine_tune
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import schedule as G
+from deepcuts.cache import keys as K
+from deepcuts.pruning import masks as M
+from deepcuts.pipeline import results as outputs
+from deepcuts.data.glue import GlueDataModule
+from deepcuts.training.distill import TEACHER_FILE, DistillSettings, Teacher, teacher_outputs
+from deepcuts.config.errors import ConfigError
+from deepcuts.runtime.logs import quiet_third_party
+from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.runtime.progress import progress_settings
+from deepcuts.training.rewind import REWIND_FILE, RewindPoint, replay, steps_per_epoch
+from deepcuts.scoring.passes import run_scoring, scoring_batches, scoring_state
+from deepcuts.cache.store import StageCache, config_key, read_tensors, write_tensors
+from deepcuts.pruning.structured import Structure
+from deepcuts.scoring.trace import TRACE, MovementTrace
+from deepcuts.runtime.tracking import tracking
+from deepcuts.training.fine_tune import check_selection, check_trainer, fine_tune
 
 log = logging.getLogger(__name__)
 UNITS = "units.safetensors"  # a scores entry's per-unit scores, when the strategy has them
-STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
+STRATEGY_DIR = Path(__file__).resolve().parents[2] / "conf" / "strategy"
 
 
 def instantiate_checked(node: DictConfig):
@@ -186,7 +186,7 @@ def run(cfg: DictConfig) -> dict:
         teacher, lever_specs = None, {}
         if distill.enabled:
             t = time.perf_counter()
-            lever_specs["teacher"] = {"dense": specs["dense"], "code": K.code_digest(("distill.py",))}
+            lever_specs["teacher"] = {"dense": specs["dense"], "code": K.code_digest(("deepcuts.training.distill",))}
             teacher_dir = cache.get_or_build(
                 "teacher", lever_specs["teacher"],
                 lambda d: write_tensors(d / TEACHER_FILE, {"outputs": teacher_outputs(
@@ -202,7 +202,7 @@ def run(cfg: DictConfig) -> dict:
                 write_tensors(d / REWIND_FILE, replay(model, data, cfg, point, outputs.initial_state(dense_dir, initial), d))
                 outputs.load_dense(dense_dir, model)  # back to the dense model for scoring
 
-            lever_specs["rewind"] = {"dense": specs["dense"], "point": point.spec(), "code": K.code_digest(("rewind.py",))}
+            lever_specs["rewind"] = {"dense": specs["dense"], "point": point.spec(), "code": K.code_digest(("deepcuts.training.rewind",))}
             rewind_dir = cache.get_or_build("rewind", lever_specs["rewind"], rewind_stage, work=out / "rewind")
             rewind_state = read_tensors(rewind_dir / REWIND_FILE)
             timings["rewind"] = time.perf_counter() - t

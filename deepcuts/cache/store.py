@@ -4,7 +4,7 @@ A file is written to a temporary name in the same folder and moved into place wi
 ``os.replace``, so a killed job never leaves a ``results.json`` or a mask file that looks finished.
 
 The cache holds shared stages (the dense fine-tune, the scores, finished runs): an entry's key is
-the hash of its spec (``deepcuts.keys``: the config, code, library versions and initial weights
+the hash of its spec (``deepcuts.cache.keys``: the config, code, library versions and initial weights
 that determine it), so a change can never hit a stale entry; a miss logs how the nearest entry's
 spec differs. An entry is a folder with a ``manifest.json`` holding the sha256 of every file (in
 subfolders too); one that fails the check is rebuilt, not used. A lock file makes parallel jobs
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepcuts.nested import flatten
+from deepcuts.config.nested import flatten
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from deepcuts.store import write_tensors
+from deepcuts.cache.store import write_tensors
 
 TRACE = "movement.safetensors"
 log = logging.getLogger(__name__)

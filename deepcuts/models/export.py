@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepcuts.masks import detach_masked_views, remove_masks
-from deepcuts.store import read_tensors, write_tensors
+from deepcuts.pruning.masks import detach_masked_views, remove_masks
+from deepcuts.cache.store import read_tensors, write_tensors
 
 HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE, DATA_FILE = "head.safetensors", "task.json", "head.json", "data.json"
 STRUCTURE_KEY = "deepcuts_structure"  # config.json: per-layer heads_kept, neurons_kept, head_size
@@ -60,7 +60,7 @@ class ExportedModel(nn.Module):
         self.encoder, self.head, self.task, self.spec = encoder, head, dict(task), dict(spec)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        from deepcuts.model import pool, task_output
+        from deepcuts.models.module import pool, task_output
 
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         output = self.encoder(**{k: given[k] for k in self.spec["inputs"] if given[k] is not None})
@@ -72,7 +72,7 @@ def _load_structured(folder: Path, config, structure: dict, spec: dict, kwargs: 
     the recorded per-layer head counts and FFN widths, then its saved weights loaded (strict)."""
     from transformers import AutoModel
 
-    from deepcuts.structured import shrink_to
+    from deepcuts.pruning.structured import shrink_to
 
     encoder = AutoModel.from_config(config, dtype=torch.float32, **kwargs)
     prefix = spec["backbone"] + "."
@@ -94,7 +94,7 @@ def load_exported(folder: Path) -> ExportedModel:
     existed is a BERT with its pooler (the only architecture then)."""
     from transformers import AutoConfig, AutoModel
 
-    from deepcuts.encoders import model_class_for, pooler_kwargs
+    from deepcuts.models.encoders import model_class_for, pooler_kwargs
 
     folder = Path(folder)
     spec_file = folder / HEAD_SPEC_FILE

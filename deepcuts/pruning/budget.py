@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 # bert-base-uncased with a 2-way head: the counts the paper's ratios refer to.
 BERT_BASE_TOTAL = 109_483_778
 BERT_BASE_PRUNABLE = 85_608_192
-MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
 # The published config.json values of each reference checkpoint (the hub model its model YAML
 # names), as far as they change parameter counts. With the model YAML of the same name (arch,
@@ -99,7 +99,7 @@ def reference_budget(name: str, num_labels: int = 2) -> Budget:
     prunable = the Linears matching the model YAML ``conf/model/<name>.yaml``'s ``prunable``."""
     import yaml
 
-    from deepcuts.encoders import random_encoder
+    from deepcuts.models.encoders import random_encoder
 
     spec = yaml.safe_load((MODEL_CONF / f"{name}.yaml").read_text())
     with torch.device("meta"):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 KINDS = ("none", "heads_neurons")
 GROUP_SCORES = ("sum", "mean", "native")  # of the element scores; native: the strategy's per-unit scores
@@ -346,7 +346,7 @@ class Structure:
 
     def remove(self, model: nn.Module) -> None:
         """Remove the unkept groups; the encoder's config records the per-layer counts so an
-        export can be rebuilt (``deepcuts.export.load_exported``)."""
+        export can be rebuilt (``deepcuts.models.export.load_exported``)."""
         remove_groups(model, self.plan, self.groups)
         model.encoder.config.deepcuts_structure = {**self.plan.summary(), "head_size": self.groups.head_size}
 

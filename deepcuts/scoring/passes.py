@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from deepcuts.errors import ConfigError
-from deepcuts.progress import progress_callbacks
+from deepcuts.config.errors import ConfigError
+from deepcuts.runtime.progress import progress_callbacks
 from deepcuts.strategies import Strategy
 from deepcuts.strategies.base import AT
 
@@ -108,7 +108,7 @@ def run_scoring(
     progress: Mapping | None = None,
 ) -> dict[str, torch.Tensor]:
     """Scores for every prunable tensor. ``batches`` (None: the strategy's default) is capped at
-    one pass over ``loader``. ``progress``: the ``progress`` settings (:mod:`deepcuts.progress`)."""
+    one pass over ``loader``. ``progress``: the ``progress`` settings (:mod:`deepcuts.runtime.progress`)."""
     if not strategy.needs_data:
         return strategy.data_free_scores(prunable)
     n = scoring_batches(strategy, batches, loader, report_cap=True)

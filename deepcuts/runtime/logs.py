@@ -15,7 +15,7 @@ user's own config or data still show. What goes and why:
   they are written once, finished.
 
 Lightning's "this fit will run with no optimizer" warning is silenced in
-:func:`deepcuts.scoring.run_scoring` only, around the scoring pass that has no optimiser.
+:func:`deepcuts.scoring.passes.run_scoring` only, around the scoring pass that has no optimiser.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_GLUE_DIR = REPO_ROOT.parent / "shared" / "data" / "glue"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 EXAMPLE_INDEX = "example_index"  # train rows only: the row number in the (capped) train file

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger
 
-from deepcuts.errors import ConfigError
+from deepcuts.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
