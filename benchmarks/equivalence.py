@@ -62,8 +62,9 @@ def record(names: list[str]) -> dict:
                 continue
             res = json.loads((run / "results.json").read_text())
             masks = next((p for p in (run / "masks.safetensors", run / "masks") if p.exists()), None)
-            out[name] = {"dense": res.get("dense", {}).get("selected"), "pruned": res.get("pruned", {}).get("selected"),
-                         "kept": res.get("prune", {}).get("kept"), "masks": sha(masks) if masks and masks.is_file() else None}
+            out[name] = {"dense": res.get("dense"), "pruned": res.get("pruned"), "kept": res.get("kept_prunable"),
+                         "rounds": [r.get("dev") for r in (res.get("recipe") or {}).get("rounds", [])],
+                         "masks": sha(masks) if masks and masks.is_file() else None}
         print(name, "ok" if "error" not in out[name] else "ERROR", flush=True)
     return out
 

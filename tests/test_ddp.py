@@ -20,7 +20,7 @@ from deepcuts.data.glue import GlueDataModule
 from deepcuts.config.errors import ConfigError
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
-from deepcuts.training.fine_tune import check_trainer, fine_tune
+from deepcuts.training.fine_tune import FineTuneSettings, check_trainer, fine_tune
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 
@@ -93,7 +93,7 @@ def test_ddp_fine_tune_returns_trained_masked_weights_to_the_driver(make_cfg, tm
     M.apply_masks(model, M.build_masks(scores, 0.5, "layer"))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    out = fine_tune(model, data, cfg, 2, tmp_path / "ft", "pruned", selection="dev")
+    out = fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 2, tmp_path / "ft", "pruned", selection="dev")
 
     # 48 examples, 8 per rank per step, 2 ranks: 3 optimiser steps an epoch (6 on one device)
     assert [h["step"] for h in out["history"]] == [3, 6]
@@ -107,7 +107,7 @@ def test_ddp_fine_tune_returns_trained_masked_weights_to_the_driver(make_cfg, tm
         assert torch.equal(mask, before[name + "_mask"])
         assert dict(model.named_parameters())[name + "_orig"][mask == 0].abs().sum() == 0
     # the driver holds the selected epoch's weights: one device re-evaluates them to the same numbers
-    again = fine_tune(model, data, make_cfg("data=stsb"), 0, tmp_path / "eval", "pruned", selection="last")
+    again = fine_tune(model, data, FineTuneSettings.from_cfg(make_cfg("data=stsb")), 0, tmp_path / "eval", "pruned", selection="last")
     for k in ("spearmanr", "mse"):
         assert again["selected"][k] == pytest.approx(out["selected"][k], rel=1e-5)
 

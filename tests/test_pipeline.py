@@ -188,7 +188,7 @@ def test_fine_tuning_runs_with_dropout_on(make_cfg, tmp_path):
     from omegaconf import OmegaConf
 
     from deepcuts.data.glue import GlueDataModule
-    from deepcuts.training.fine_tune import fine_tune
+    from deepcuts.training.fine_tune import FineTuneSettings, fine_tune
 
     cfg = make_cfg("data=stsb")
     tok = load_tokenizer(cfg.model.tokenizer)
@@ -197,7 +197,7 @@ def test_fine_tuning_runs_with_dropout_on(make_cfg, tmp_path):
     data = GlueDataModule(tok, **OmegaConf.to_container(cfg.data, resolve=True), seed=0)
     seen = []
     model.bert.embeddings.dropout.register_forward_pre_hook(lambda m, a: seen.append(m.training))
-    fine_tune(model, data, cfg, 1, tmp_path / "ft", "dense", selection="last")
+    fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 1, tmp_path / "ft", "dense", selection="last")
     assert seen and seen[0] is True
 
 

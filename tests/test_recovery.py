@@ -19,7 +19,7 @@ from deepcuts.config.errors import ConfigError
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
 from deepcuts.training.rewind import RewindPoint, replay
-from deepcuts.training.fine_tune import fine_tune
+from deepcuts.training.fine_tune import FineTuneSettings, fine_tune
 
 # -- distillation -------------------------------------------------------------------------------
 
@@ -224,9 +224,9 @@ def test_rewind_to_a_step_restores_exactly_that_steps_weights(make_cfg, tmp_path
     model, data = _model_and_data(cfg)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     record = Record(step)  # 48 examples / batch 8: 6 steps per epoch
-    fine_tune(model, data, cfg, 2, tmp_path / "full", "dense", loggers=[], selection="last", callbacks=[record])
+    fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 2, tmp_path / "full", "dense", loggers=[], selection="last", callbacks=[record])
     end = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    replayed = replay(model, data, cfg, point, initial, tmp_path / "replay")
+    replayed = replay(model, data, FineTuneSettings.from_cfg(cfg), cfg.epochs_dense, point, initial, tmp_path / "replay")
     for name, want in record.state.items():
         assert torch.equal(replayed[name], want), name
     name = "bert.encoder.layer.0.attention.self.query.weight"
@@ -246,7 +246,7 @@ def test_pipeline_rewinds_to_the_replayed_step(make_cfg, tmp_path):
     assert results["stage_keys"]["rewind"] == entry.parent.name
     model, data = _model_and_data(cfg)
     record = Record(3)
-    fine_tune(model, data, cfg, 2, tmp_path / "full", "dense", loggers=[], selection="last", callbacks=[record])
+    fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 2, tmp_path / "full", "dense", loggers=[], selection="last", callbacks=[record])
     masks = load_file(str(tmp_path / "run" / "masks.safetensors"))
     exported = load_exported(tmp_path / "run" / "pruned_model")
     for name, p in exported.encoder.named_parameters():

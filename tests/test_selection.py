@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from deepcuts.data.glue import GlueDataModule, holdout_indices
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
-from deepcuts.training.fine_tune import fine_tune
+from deepcuts.training.fine_tune import FineTuneSettings, fine_tune
 
 
 def test_holdout_is_stratified_seeded_and_disjoint():
@@ -41,7 +41,7 @@ def test_each_rule_keeps_the_epoch_it_names(make_cfg, tmp_path, selection):
     cfg, model, data = _model_and_data(
         make_cfg, f"selection={selection}", "optimizer.lr=3e-3", holdout=0.25 if selection == "holdout" else None
     )
-    out = fine_tune(model, data, cfg, 3, tmp_path / "ft", "pruned")
+    out = fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 3, tmp_path / "ft", "pruned")
     history = out["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2] and out["last"] == history[-1]
     if selection == "last":
@@ -54,7 +54,7 @@ def test_each_rule_keeps_the_epoch_it_names(make_cfg, tmp_path, selection):
         assert len(data.splits["holdout"]) + len(data.splits["train"]) == 48
         assert len(data.splits["holdout"]) in (12, 13)
     # the model holds the selected epoch's weights: re-evaluating it gives the selected dev metrics
-    again = fine_tune(model, data, cfg, 0, tmp_path / "eval", "pruned", selection="last")
+    again = fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 0, tmp_path / "eval", "pruned", selection="last")
     assert again["selected"]["pearson"] == pytest.approx(out["selected"]["pearson"], abs=1e-5)
 
 
@@ -73,7 +73,7 @@ def test_each_rule_keeps_its_own_epochs_weights(make_cfg, tmp_path, selection, w
         heads.append(model.head.weight.detach().clone())
 
     model.on_validation_epoch_end = scripted_end
-    out = fine_tune(model, data, cfg, 3, tmp_path / "ft", "pruned")
+    out = fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 3, tmp_path / "ft", "pruned")
     kept = 2 if want is None else want
     assert out["best_epoch"] == want and out["selected"]["epoch"] == kept
     assert out["selected"]["pearson"] == pytest.approx(scripted["val/pearson"][kept])  # dev, reported
@@ -88,7 +88,7 @@ def test_constant_predictions_finish_with_the_last_epoch(make_cfg, tmp_path, cap
         model.head.weight.zero_()
         model.head.bias.zero_()  # 5 * sigmoid(0) = 2.5 for every pair
     with caplog.at_level(logging.WARNING, logger="deepcuts.training.fine_tune"):
-        out = fine_tune(model, data, cfg, 2, tmp_path / "ft", "pruned")
+        out = fine_tune(model, data, FineTuneSettings.from_cfg(cfg), 2, tmp_path / "ft", "pruned")
     assert all(h["pearson"] != h["pearson"] for h in out["history"])  # NaN every epoch
     assert out["best_epoch"] is None and out["selected"] == out["history"][-1]
     assert "NaN in every epoch" in caplog.text

@@ -2,19 +2,22 @@
 
 The cache (``cache_dir``, default ``outputs/cache``) is content-addressed: deleting an entry never
 gives a wrong result, only a rebuild the next time a run needs it. Entries are ``<stage>/<key>/``
-folders (stages ``dense``, ``scores``, ``runs``) beside a ``<key>.lock`` file, and tokenised data
-sets under ``data/``. An entry is pruned under its lock, so a job building or reading it at that
-moment is never disturbed (the entry is skipped instead).
+folders (the stages of ``deepcuts.pipeline.stages`` and finished ``runs``) beside a ``<key>.lock``
+file (held while it is built) and a ``<key>.use`` file (held shared by every job that reads it,
+for the job's whole duration), and tokenised data sets under ``data/``. An entry is pruned only
+when it can take both exclusively, so a job building or using it is never disturbed (the entry
+is skipped instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import shutil
 import time
 from pathlib import Path
 
-STAGES = ("dense", "scores", "runs", "data")
+STAGES = ("dense", "teacher", "rewind", "scores", "runs", "data")  # tests check it against the stage classes
 
 
 def _size(path: Path) -> int:
@@ -63,16 +66,19 @@ def prune(root: Path, stages: tuple[str, ...] = STAGES, older_than_days: float =
             if entry.stat().st_mtime > cutoff:
                 continue
             size = _size(entry)
-            lock_path = folder / f"{entry.name}.lock"
             if dry_run:
                 removed.append((entry, size))
                 continue
-            with open(lock_path, "a") as lock:
+            locks = [folder / f"{entry.name}.use", folder / f"{entry.name}.lock"]
+            with contextlib.ExitStack() as held:
                 try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    for path in locks:
+                        fh = held.enter_context(open(path, "a"))
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    continue  # a job is building or reading it now
+                    continue  # a job is building or using it now
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append((entry, size))
-            lock_path.unlink(missing_ok=True)
+                for path in locks:  # still locked: a waiting reader sees its file gone and retries
+                    path.unlink(missing_ok=True)
     return removed

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the deepcuts folder
+STDLIB = Path(inspect.getsourcefile(ast)).resolve().parent
 ROOT = PACKAGE.name
 
 
@@ -96,10 +97,31 @@ def code_files(*targets: object) -> list[str]:
     return [str(module_file(m).relative_to(PACKAGE.parent)) for m in closure(*modules_of(*targets))]
 
 
+def plugin_files(*targets: object) -> list[Path]:
+    """Source files of classes outside ``deepcuts`` in the MRO of class targets (a user's own
+    strategy, ``_target_: my_scores.MyScore``), unless they belong to an installed library
+    (site-packages: its version is what matters) or the standard library."""
+    files = set()
+    for target in targets:
+        for cls in inspect.getmro(target) if inspect.isclass(target) else ():
+            if cls.__module__.split(".")[0] == ROOT or cls.__module__ == "builtins":
+                continue
+            try:
+                path = Path(inspect.getsourcefile(cls) or "")
+            except TypeError:
+                continue
+            if path.is_file() and not {"site-packages", "dist-packages"} & set(path.parts) and not path.is_relative_to(STDLIB):
+                files.add(path.resolve())
+    return sorted(files)
+
+
 def code_digest(*targets: object) -> str:
-    """sha256 over the path and text of every module in the import closure of ``targets``."""
+    """sha256 over the path and text of every module in the import closure of ``targets`` (and
+    of the plugin classes among them, :func:`plugin_files`)."""
     h = hashlib.sha256()
     for name in closure(*modules_of(*targets)):
         path = module_file(name)
         h.update(name.encode() + b"\0" + _source(path, path.stat().st_mtime_ns).encode() + b"\0")
+    for path in plugin_files(*targets):
+        h.update(path.name.encode() + b"\0" + _source(path, path.stat().st_mtime_ns).encode() + b"\0")
     return h.hexdigest()[:24]

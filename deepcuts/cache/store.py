@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from deepcuts.config.nested import flatten
@@ -62,6 +63,12 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict |
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def tensor_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header."""
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
 
 
 def config_key(spec: dict) -> str:
@@ -107,6 +114,35 @@ class StageCache:
         self.enabled = enabled and self.root is not None
         self.hits: list[str] = []
         self.builds: list[str] = []
+        self._in_use: list = []  # shared locks on the entries this job reads, held until close()
+
+    def __enter__(self) -> StageCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the entries this job used (the cache pruner may delete them again)."""
+        for fh in self._in_use:
+            fh.close()
+        self._in_use = []
+
+    def _hold(self, entry: Path) -> None:
+        """A shared lock on ``<key>.use`` for the rest of the job: the pruner (deepcuts.cache.admin)
+        takes it exclusively before deleting, so it never removes an entry a running job reads.
+        Taken before the entry is checked, so an entry found valid stays there."""
+        path = entry.parent / f"{entry.name}.use"
+        while True:
+            fh = open(path, "a")
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                if os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
+                    break
+            except FileNotFoundError:
+                pass
+            fh.close()  # the pruner removed it while we waited: take the new one
+        self._in_use.append(fh)
 
     def _valid(self, entry: Path) -> bool:
         manifest = entry / "manifest.json"
@@ -141,6 +177,9 @@ class StageCache:
         if not self.enabled:
             return None
         entry = self.root / stage / config_key({"stage": stage, **spec})
+        if not entry.is_dir():
+            return None
+        self._hold(entry)
         return entry if self._valid(entry) else None
 
     def peek(self, stage: str, spec: dict, name: str) -> Path | None:
@@ -167,6 +206,7 @@ class StageCache:
         key = config_key({"stage": stage, **spec})
         entry = self.root / stage / key
         entry.parent.mkdir(parents=True, exist_ok=True)
+        self._hold(entry)
         with exclusive_lock(entry.parent / f"{key}.lock"):  # a second job waits here, then finds the entry
             if self._valid(entry):
                 log.info("cache hit: %s/%s", stage, key)

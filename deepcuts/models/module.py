@@ -9,7 +9,8 @@ for the range [0, 5] -- with mean squared error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -134,7 +135,18 @@ class GlueModel(pl.LightningModule):
         self.eval_sets = ["val", "holdout"]  # what each validation loader is, in order
         self._seen: set[str] = set()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.teacher = None  # a deepcuts.training.distill.Teacher during a distilled fine-tune (not in the state dict)
+        self.teacher = None  # set only inside distilled_from(...): see there
+
+    @contextlib.contextmanager
+    def distilled_from(self, teacher) -> Iterator[None]:
+        """Train on ``teacher.loss`` (a :class:`deepcuts.training.distill.Teacher`) inside the
+        block, the task loss alone outside it: the fine-tune that is given a teacher passes it
+        here, so no other fine-tune can inherit it."""
+        self.teacher = teacher
+        try:
+            yield
+        finally:
+            self.teacher = None
 
     @property
     def encoder(self) -> PreTrainedModel:

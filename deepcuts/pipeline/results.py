@@ -99,66 +99,26 @@ def write_config(out: Path, cfg: DictConfig) -> None:
         tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def save_dense(folder: Path, model, result: dict, seeded: dict, initial_digest: str) -> None:
-    """The dense model, its metrics, and the initial state it started from: ``seeded``, the
-    tensors a seed and not a checkpoint initialised (the head; all of a random-init model),
-    and the digest of the whole initial state, so a rewind restores exactly that start."""
-    write_tensors(folder / "model.safetensors", model.state_dict())
-    write_tensors(folder / "initial.safetensors", seeded, metadata={"digest": initial_digest})
-    write_json(folder / "metrics.json", result)
-
-
-def load_dense(folder: Path, model) -> dict:
-    model.load_state_dict(read_tensors(folder / "model.safetensors"))
-    return json.loads((folder / "metrics.json").read_text())
-
-
-def skipped_dense(metrics: Path | None) -> dict:
-    """The dense stage of a run that did not need it (scores at the pretrained model and
-    ``rewind=pretrained``): no metrics, and the time saved, measured by the identical dense
-    fine-tune when the cache holds one (its ``metrics.json``; else None: nobody ran it)."""
-    done = json.loads(metrics.read_text()) if metrics is not None else {}
-    return {"selected": {}, "last": {}, "history": [], "best_epoch": None, "skipped": True,
-            "time_saved_s": done.get("seconds")}
-
-
-def initial_state(folder: Path, pretrained: dict) -> dict:
-    """The rewind target stored with a dense entry: ``pretrained`` (this process's copy of the
-    checkpoint weights) with the entry's seeded tensors, checked against the entry's digest."""
-    from safetensors import safe_open
-
-    from deepcuts.cache.keys import state_digest
-
-    path = folder / "initial.safetensors"
-    with safe_open(str(path), framework="pt") as fh:
-        digest = (fh.metadata() or {}).get("digest")
-    state = {**pretrained, **read_tensors(path)}
-    if state_digest(state) != digest:
-        raise RuntimeError(f"the initial state in {folder} does not match its digest: the entry is not usable.")
-    return state
-
-
 def _metrics_only(epoch: dict) -> dict:
     """One epoch's dev metrics, without its position (epoch, optimiser step)."""
     return {k: v for k, v in epoch.items() if k not in ("epoch", "step", "holdout")}
 
 
-def collect_results(
-    cfg, model, masks: dict, own_budget: B.Budget, keep_fraction: float, dense: dict, pruned: dict,
-    timings: dict, cache: StageCache, score_dir: Path, strategy, scorer, key: str, scoring_at: str,
-) -> dict:
+def collect_results(plan, model, masks: dict, dense: dict, pruned: dict, timings: dict, stages,
+                    score_batches: int | None) -> dict:
+    """``results.json``'s content (the outputs contract) from the plan and what the stages gave."""
+    cfg, own_budget, keep_fraction, cache = plan.cfg, plan.budget, plan.keep_fraction, plan.cache
     total = own_budget.total  # before any removal (structure): the ratio's own basis
     nonzero = B.count_nonzero(model)
     kept = sum(int(m.sum()) for m in masks.values())
-    meta = _score_meta(score_dir)
     return {
         "status": "complete",
-        "run_key": key,
+        "run_key": plan.run_key,
         "data": cfg.data.name,
         "model": cfg.model.name,
         "strategy": cfg.strategy.name,
-        "scope": scorer.scope,
-        "control": strategy.control,
+        "scope": plan.scorer.scope,
+        "control": plan.strategy.control,
         "ratio": float(cfg.ratio),
         "ratio_basis": cfg.ratio_basis,
         "seed": int(cfg.seed),
@@ -184,13 +144,14 @@ def collect_results(
         "history": {"dense": dense["history"], "pruned": pruned["history"]},
         "epochs_dense": cfg.epochs_dense,
         "epochs_final": cfg.epochs_final,
-        "scoring_batches": meta.get("batches"),  # optimiser steps for movement (traced in training)
-        "scoring_at": scoring_at,
+        "scoring_batches": score_batches,  # optimiser steps for movement (traced in training)
+        "scoring_at": plan.at,
         "dense_skipped": bool(dense.get("skipped")),
         "time_saved_s": dense.get("time_saved_s"),  # skipped dense: the identical cached run's time
         "timings_s": timings,
         "machine": machine(),
         "cache": {"hits": list(cache.hits), "builds": list(cache.builds)},
+        "stage_keys": dict(stages.keys),  # the cache entries this run's stages came from: what runs share
     }
 
 
@@ -216,18 +177,6 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return None
-
-
-def tensor_metadata(path: Path) -> dict[str, str]:
-    """The string metadata stored in a safetensors file's header."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
-
-
-def _score_meta(score_dir: Path) -> dict:
-    return {k: int(v) for k, v in tensor_metadata(score_dir / "scores.safetensors").items()}
 
 
 def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig, tokenizer=None) -> None:

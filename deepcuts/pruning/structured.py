@@ -300,26 +300,19 @@ class Structure:
         self.plan: Plan | None = None
 
     @classmethod
-    def from_cfg(cls, node, model: nn.Module, strategy, scorer=None, prunable: dict | None = None,
+    def from_cfg(cls, node, model: nn.Module, scorer, prunable: dict | None = None,
                  keep_fraction: float | None = None) -> Structure | None:
-        """None for ``kind: none``; refuses controls that permute element masks, ``group_score:
-        native`` for a scorer without per-unit scores, and a keep fraction too small for
+        """None for ``kind: none``; refuses ``group_score: native`` for a scorer without per-unit scores, and a keep fraction too small for
         ``min_heads`` (all before any training)."""
         kind = node.get("kind", "none") if node is not None else "none"
         if kind not in KINDS:
             raise ConfigError(f"structure.kind must be one of {KINDS}, got {kind!r} (structure=none or structure=heads_neurons).")
         if kind == "none":
             return None
-        from deepcuts.strategies.base import Strategy
-
-        if type(strategy).transform_masks is not Strategy.transform_masks:
-            raise ConfigError(f"strategy {strategy.name!r} changes element masks after they are built, which would "
-                              "break whole heads and neurons; use strategy=random as the structured control.")
         options = {k: v for k, v in node.items() if k != "kind"}
         unknown = sorted(set(options) - OPTIONS)
         if unknown:
             raise ConfigError(f"structure has unknown key(s) {unknown}; it takes kind and {sorted(OPTIONS)}.")
-        scorer = strategy if scorer is None else scorer
         if options.get("group_score") == "native":
             if not scorer.unit_scores:
                 raise ConfigError(f"structure.group_score=native: strategy {scorer.name!r} has no per-unit score "

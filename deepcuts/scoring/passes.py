@@ -82,6 +82,12 @@ def preserved_state(model: nn.Module, prunable: dict[str, nn.Parameter]) -> Iter
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+def scoring_seed(seed: int, round_: int = 1) -> int:
+    """The seed of a scoring pass: its own per run seed and k-shot round (1: the scores stage),
+    so dropout-on scores never depend on what ran before them in the process."""
+    return seed + 200 + round_
+
+
 def scoring_batches(strategy: Strategy, batches: int | None, loader: DataLoader | None,
                     report_cap: bool = False) -> int:
     """The batches a scoring pass will see: ``batches`` (None: the strategy's default), capped at
@@ -106,9 +112,12 @@ def run_scoring(
     dropout: bool = False,
     trainer_kwargs: dict | None = None,
     progress: Mapping | None = None,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Scores for every prunable tensor. ``batches`` (None: the strategy's default) is capped at
-    one pass over ``loader``. ``progress``: the ``progress`` settings (:mod:`deepcuts.runtime.progress`)."""
+    one pass over ``loader``. ``progress``: the ``progress`` settings (:mod:`deepcuts.runtime.progress`).
+    The pass starts from ``seed`` (dropout masks with ``dropout=True``), whatever ran before it
+    in the process, and leaves the global RNG as it found it."""
     if not strategy.needs_data:
         return strategy.data_free_scores(prunable)
     n = scoring_batches(strategy, batches, loader, report_cap=True)
@@ -128,6 +137,7 @@ def run_scoring(
     kwargs["callbacks"] = [strategy, *progress_callbacks(
         progress, label, kwargs.get("enable_progress_bar", True), announce=False, label_bar=True)]  # announced above
     with preserved_state(model, prunable), warnings.catch_warnings():
+        pl.seed_everything(seed, workers=True, verbose=False)
         # a scoring pass has no optimiser by design: Lightning's warning says nothing to the user
         warnings.filterwarnings("ignore", message=NO_OPTIMIZER, category=UserWarning)
         pl.Trainer(**kwargs).fit(ScoringPass(model, prunable, strategy, dropout), train_dataloaders=loader)

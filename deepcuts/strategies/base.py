@@ -85,9 +85,9 @@ class Strategy(pl.Callback):
     def data_free_scores(self, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def transform_masks(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The masks built from the scores, changed by controls (e.g. shuffled); as is by default."""
-        return masks
+    def mask_transform(self):
+        """A control's change to the masks built from the scores (e.g. shuffled); None: as built."""
+        return None
 
     # -- gradient strategies override these -------------------------------------------------
     def hooks(self, model: nn.Module, params: dict[str, nn.Parameter]) -> contextlib.AbstractContextManager:

@@ -9,20 +9,23 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from deepcuts.config.errors import ConfigError
+from deepcuts.config.neutral import without_neutral
 from deepcuts.pruning.masks import detach_masked_views
 from deepcuts.runtime.progress import STAGE_LABELS, progress_callbacks
+from deepcuts.training.distill import Teacher
 from deepcuts.cache.store import write_json
 
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}  # k-shot's intermediate fine-tunes "shot<t>": 100 + t
@@ -39,12 +42,44 @@ SELECTION = ("last", "holdout", "dev")
 log = logging.getLogger(__name__)
 
 
-def check_selection(cfg: DictConfig) -> None:
-    if cfg.selection not in SELECTION:
-        raise ConfigError(f"selection={cfg.selection!r} is unknown; use one of {SELECTION}.")
-    f = cfg.selection_fraction
-    if cfg.selection == "holdout" and not (isinstance(f, (int, float)) and 0 < f < 1):
-        raise ConfigError(f"selection_fraction must be a number in (0, 1), got {f!r}.")
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """What every fine-tuning phase of a run reads: the Trainer arguments, the run's seed (each
+    phase derives its own, :func:`phase_seed`), the epoch-selection rule and the task's monitor.
+    ``progress`` only changes what is printed."""
+
+    trainer: dict
+    seed: int
+    selection: str = "last"
+    selection_fraction: float | None = None
+    monitor: str = "loss"
+    monitor_mode: str = "min"
+    progress: dict | None = None
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> FineTuneSettings:
+        selection, fraction = cfg.selection, cfg.selection_fraction
+        if selection not in SELECTION:
+            raise ConfigError(f"selection={selection!r} is unknown; use one of {SELECTION}.")
+        if selection == "holdout" and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise ConfigError(f"selection_fraction must be a number in (0, 1), got {fraction!r}.")
+        check_trainer(cfg.trainer)
+        progress = cfg.get("progress")
+        return cls(
+            trainer=OmegaConf.to_container(cfg.trainer, resolve=True), seed=int(cfg.seed), selection=selection,
+            selection_fraction=float(fraction) if selection == "holdout" else None,
+            monitor=cfg.data.monitor, monitor_mode=cfg.data.monitor_mode,
+            progress=OmegaConf.to_container(progress, resolve=True) if progress is not None else None,
+        )
+
+    def spec(self) -> dict:
+        """The settings that determine a fine-tune's result (cosmetic Trainer keys and progress left out)."""
+        trainer = without_neutral(self.trainer, "trainer")
+        if trainer.get("strategy") == "auto":  # Lightning's default, the same as no key
+            del trainer["strategy"]
+        return {"trainer": trainer, "seed": self.seed, "selection": self.selection,
+                "selection_fraction": self.selection_fraction, "monitor": self.monitor,
+                "monitor_mode": self.monitor_mode}
 
 
 def check_trainer(trainer_cfg: DictConfig) -> None:
@@ -119,26 +154,27 @@ def selection_value(entry: dict, selection: str, metric: str) -> float:
 def fine_tune(
     model: pl.LightningModule,
     datamodule: pl.LightningDataModule,
-    cfg: DictConfig,
+    settings: FineTuneSettings,
     epochs: int,
     folder: Path,  # the run folder: logs/<stage>/ and checkpoints/<stage>/ go under it
     stage: str,
     loggers: list[Logger] | None = None,
     selection: str | None = None,
     callbacks: list[pl.Callback] = (),
+    teacher: Teacher | None = None,
 ) -> dict:
     """Train ``epochs`` epochs (0: evaluate only) and keep one epoch by the ``selection`` rule
-    (default ``cfg.selection``): ``last`` keeps the last epoch (nothing selected); ``holdout``
+    (default ``settings.selection``): ``last`` keeps the last epoch (nothing selected); ``holdout``
     the best epoch on the held-out slice of train; ``dev`` the best dev epoch (the paper's
     practice, which selects on the set it reports). The model ends with the kept epoch's weights.
 
     Returns ``{"selected", "last", "history", "best_epoch", "selection"}``; ``best_epoch`` is
     None when nothing was selected (``last``, or a monitor that is NaN in every epoch).
     """
-    selection = selection or cfg.selection
+    selection = selection or settings.selection
     if selection not in SELECTION:
         raise ConfigError(f"selection={selection!r} is unknown; use one of {SELECTION}.")
-    metric, mode = cfg.data.monitor, cfg.data.monitor_mode
+    metric, mode = settings.monitor, settings.monitor_mode
     ckpt_dir = folder / "checkpoints" / stage
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tracker = EpochMetrics(ckpt_dir / "history.json")
@@ -150,24 +186,25 @@ def fine_tune(
             mode=mode, save_top_k=1, save_weights_only=True, filename=f"{stage}-best",
         )
         callbacks.append(checkpoint)
-    callbacks += progress_callbacks(cfg.get("progress"), STAGE_LABELS.get(stage, stage),
-                                    cfg.trainer.get("enable_progress_bar", True))
+    callbacks += progress_callbacks(settings.progress, STAGE_LABELS.get(stage, stage),
+                                    settings.trainer.get("enable_progress_bar", True))
     logger = loggers if loggers is not None else [CSVLogger(save_dir=str(folder / "logs"), name=stage, version="")]
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, max_epochs=epochs, callbacks=callbacks, logger=logger, default_root_dir=str(folder),
+        settings.trainer, max_epochs=epochs, callbacks=callbacks, logger=logger, default_root_dir=str(folder),
         enable_checkpointing=checkpoint is not None,
     )
     model.stage = stage
     # Each phase starts from its own seed, so a phase gives the same result whether the phases
     # before it ran in this process or came from the cache (or a killed job's completed stages).
-    pl.seed_everything(phase_seed(cfg.seed, stage), workers=True, verbose=False)
+    pl.seed_everything(phase_seed(settings.seed, stage), workers=True, verbose=False)
     detach_masked_views(model)  # picklable, for strategy=ddp_spawn
     start = time.perf_counter()
     if epochs > 0:
         # Lightning keeps each submodule's train/eval mode as it finds it, and transformers'
         # from_pretrained returns eval mode: without this, fine-tuning would run without dropout.
         model.train()
-        trainer.fit(model, datamodule=datamodule)
+        with model.distilled_from(teacher):  # None: the task loss alone
+            trainer.fit(model, datamodule=datamodule)
     else:
         trainer.validate(model, datamodule=datamodule, verbose=False)
     history = tracker.read()

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from deepcuts.config.errors import ConfigError
+from deepcuts.training.fine_tune import FineTuneSettings, fine_tune
 
 NAMED = ("pretrained", "finetuned")
 REWIND_FILE = "rewind.safetensors"
@@ -91,14 +92,13 @@ class CaptureAt(pl.Callback):
             self._capture(trainer, module)
 
 
-def replay(model, data, cfg, point: RewindPoint, initial: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
+def replay(model, data, settings: FineTuneSettings, epochs_dense: int, point: RewindPoint,
+           initial: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
     """The dense fine-tune's weights at ``point``, by running it again from ``initial``. The
     model is left at that point."""
-    from deepcuts.training.fine_tune import fine_tune
-
     model.load_state_dict(initial)
     capture = CaptureAt(point)
-    fine_tune(model, data, cfg, cfg.epochs_dense, folder, "dense", loggers=[], selection="last", callbacks=[capture])
+    fine_tune(model, data, settings, epochs_dense, folder, "dense", loggers=[], selection="last", callbacks=[capture])
     if capture.state is None:  # check() refuses such points; this guards a changed data size
         raise RuntimeError(f"rewind={point.spec()}: the replayed dense fine-tune never reached that point")
     return capture.state
