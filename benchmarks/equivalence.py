@@ -33,11 +33,11 @@ CONFIGS = {
     "movement": ["strategy=movement"],
     "wanda": ["strategy=wanda"],
     "shuffled": ["strategy=shuffled"],
-    "structured": ["strategy=gradcam_shift", "structure=heads_neurons", "ratio_basis=model", "ratio=1.5"],
+    "structured": ["strategy=gradcam_shift", "structure=heads_neurons", "keep_fraction=0.5"],
     "kshot_distill_rewind": ["strategy=layer_mag_grad", "shots=2", "distill.alpha=0.5", "rewind=step:2",
                              "epochs_dense=2"],
     "holdout": ["strategy=taylor", "selection=holdout", "epochs_final=2"],
-    "cola": ["data=cola", "strategy=gradcam", "ratio_basis=model", "ratio=2"],
+    "cola": ["data=cola", "strategy=gradcam", "keep_fraction=0.5"],
 }
 
 

@@ -46,7 +46,7 @@ def test_a_locked_entry_and_fresh_temp_folders_are_left_alone(tmp_path):
     fresh_tmp = tmp_path / "scores" / f".{'f' * 24}.xyz"
     fresh_tmp.mkdir()
     with open(tmp_path / "scores" / f"{busy.name}.lock") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a job is building or reading it
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a job is building it
         removed = prune(tmp_path, ("scores",))
     assert busy.exists() and fresh_tmp.exists() and not stale_tmp.exists()
     assert removed == [(stale_tmp, 7)]

@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -137,13 +139,12 @@ def test_two_jobs_building_one_entry_without_a_working_lock(tmp_path, monkeypatc
 
 
 def test_scoring_batches_resolved_into_the_key(make_cfg):
-    from hydra.utils import instantiate
+    from deepcuts.pipeline.plan import RunPlan
 
-    cfg = make_cfg("strategy=gradcam_shift")
-    s = instantiate(cfg.strategy)
-    a = K.stage_specs(cfg, "d", s, 3, s)["scores"]
-    b = K.stage_specs(cfg, "d", s, 4, s)["scores"]
-    assert K.run_key({"run": a}) != K.run_key({"run": b})
+    a = RunPlan.build(make_cfg("strategy=gradcam_shift", "scoring.batches=3"), Path("unused"))
+    b = RunPlan.build(make_cfg("strategy=gradcam_shift", "scoring.batches=4"), Path("unused"))
+    assert a.scores.batches == 3 and b.scores.batches == 4  # 48 examples / 8: one epoch is 6 batches
+    assert a.scores.key() != b.scores.key() and a.run_key != b.run_key
 
 
 @pytest.mark.parametrize("name", K.LIBRARIES)

@@ -116,14 +116,16 @@ def test_distilled_run_trains_on_the_kd_loss_and_caches_the_teacher(make_cfg, tm
     assert "teacher" not in again["cache"]["builds"]  # one teacher table per dense model
 
 
-def test_no_lever_leaves_the_run_key_of_a_plain_run(make_cfg):
-    from deepcuts.cache import keys as K
+def test_no_lever_leaves_the_run_key_of_a_plain_run(make_cfg, tmp_path):
+    from deepcuts.pipeline.plan import RunPlan
 
-    plain = make_cfg("data=stsb")
-    off = make_cfg("data=stsb", "distill.temperature=5", "shot_epochs=3", "rewind=pretrained")
-    spec = lambda c: {k: v for k, v in K._recipe(c).items()}  # noqa: E731
-    assert spec(plain) == spec(off) == {}
-    assert "shots" in spec(make_cfg("shots=2")) and "distill" in spec(make_cfg("distill.alpha=0.1"))
+    def plan(*overrides):
+        return RunPlan.build(make_cfg("data=stsb", *overrides), tmp_path)
+
+    plain = plan()
+    assert plain.run_key == plan("distill.temperature=5", "shot_epochs=3", "rewind=pretrained").run_key
+    assert plain.run_key != plan("shots=2").run_key != plan("distill.alpha=0.1").run_key
+    assert "teacher" in plan("distill.alpha=0.1").stage_keys() and "teacher" not in plain.stage_keys()
 
 # -- k-shot ---------------------------------------------------------------------------------
 

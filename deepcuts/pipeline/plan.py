@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deepcuts.cache.code import code_digest
-from deepcuts.cache.keys import files_sha256, library_versions, state_digest
+from deepcuts.cache import keys as K
 from deepcuts.cache.store import StageCache, config_key
 from deepcuts.config.errors import ConfigError
 from deepcuts.config.neutral import without_neutral
@@ -181,12 +181,12 @@ class RunPlan:
         folder = resolve_root(data_cfg.get("root")) / data_cfg["folder"]
         dense = DenseStage(
             data=without_neutral(data_cfg, "data"),
-            data_files=files_sha256(folder, [data_cfg["train_file"], data_cfg["eval_file"],
+            data_files=K.files_sha256(folder, [data_cfg["train_file"], data_cfg["eval_file"],
                                              *(data_cfg.get("extra_eval_files") or {}).values()]),
-            model=model_cfg, initial_state=state_digest(initial),
+            model=model_cfg, initial_state=K.state_digest(initial),
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
-            fine_tune=fine_tune, epochs=int(cfg.epochs_dense), trace=traced, libraries=library_versions(),
+            fine_tune=fine_tune, epochs=int(cfg.epochs_dense), trace=traced, libraries=K.library_versions(),
             new_model=new_model, datamodule=data, seeded=seeded, out=out, loggers=loggers,
         )
         dense_key = dense.key()
