@@ -32,8 +32,8 @@ TARGET = 1.15
 
 def minilm():
     """The pipeline's MiniLM model and its prunable set (no data needed)."""
-    from deepcuts.pruning import budget as B
     from deepcuts.models.module import build_model, load_tokenizer
+    from deepcuts.pruning import budget as B
 
     cfg = C.compose("data=sst2", "model=minilm", "seed=0", f"cache_dir={C.TMP / 'cache'}",
                     f"output_dir={C.TMP / 'run'}")
@@ -61,10 +61,10 @@ def identical(a: dict, b: dict) -> bool:
 
 def measure(ratio: float, model, scores: dict, root: Path, reps: int) -> tuple[dict, dict]:
     """One ratio: masks, the pruned state, interleaved save/load timings, the size report."""
-    from deepcuts.pruning import budget as B
-    from deepcuts.models import compact as K
-    from deepcuts.pruning import masks as M
     from deepcuts.cache.store import read_tensors, write_tensors
+    from deepcuts.models import compact as K
+    from deepcuts.pruning import budget as B
+    from deepcuts.pruning import masks as M
 
     f = B.BASES["bert_base"].keep_fraction(ratio)
     masks = M.build_masks(scores, f, "layer")

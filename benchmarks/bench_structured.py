@@ -83,8 +83,8 @@ def load_minilm():
     import torch
     from omegaconf import OmegaConf
 
-    from deepcuts.pruning import budget as B
     from deepcuts.models.encoders import ModelSpec, load_encoder, load_tokenizer
+    from deepcuts.pruning import budget as B
 
     ycfg = OmegaConf.load(C.REPO / "conf" / "model" / "minilm.yaml")
     spec = ModelSpec.from_cfg(ycfg)

@@ -197,9 +197,9 @@ def minilm_setup(task: str = "sst2", n_batches: int = 8, max_train_samples: int 
     scoring pass would see first). The tokenised subset is cached under results/tmp."""
     from omegaconf import OmegaConf
 
-    from deepcuts.pruning import budget as B
     from deepcuts.data.glue import GlueDataModule
     from deepcuts.models.module import build_model, load_tokenizer
+    from deepcuts.pruning import budget as B
 
     cfg = compose(
         f"data={task}", "model=minilm", f"seed={seed}", "data.batch_size=32",

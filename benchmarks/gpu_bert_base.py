@@ -95,8 +95,8 @@ def build(args, device):
     from torchmetrics.classification import MulticlassAccuracy
     from transformers import BertConfig, BertModel
 
-    from deepcuts.pruning import budget as B
     from deepcuts.models.module import GlueModel
+    from deepcuts.pruning import budget as B
 
     torch.manual_seed(0)
     config = BertConfig(**TINY) if args.tiny else BertConfig()
@@ -172,8 +172,8 @@ def main(argv=None) -> dict:
             logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    from deepcuts.pruning import masks as M
     from deepcuts import strategies as S
+    from deepcuts.pruning import masks as M
     from deepcuts.pruning.budget import BASES
 
     config, model, prunable, batches = build(args, device)

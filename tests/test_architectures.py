@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from deepcuts.pruning import budget as B
-from deepcuts.pruning import masks as M
 from deepcuts.analysis import mask_iou as MI
-from deepcuts.models.encoders import random_encoder, unexplained_keys
 from deepcuts.config.errors import ConfigError
+from deepcuts.models.encoders import random_encoder, unexplained_keys
 from deepcuts.models.export import export_pruned, load_exported
 from deepcuts.models.module import build_model, load_tokenizer, pool
 from deepcuts.pipeline.flow import run
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
 
 # name -> (arch, encoder class, backbone, layer list, pooling, encoder inputs, Linears per layer)
 TINY = {

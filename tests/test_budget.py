@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from deepcuts.pruning import budget as B
 from deepcuts.config.errors import ConfigError
+from deepcuts.pruning import budget as B
 
 # BERT-base (bert-base-uncased with a 2-way head), as stated in the README: T and P, so N = T - P.
 T_BERT, P_BERT = 109_483_778, 85_608_192

@@ -6,7 +6,6 @@ import importlib
 import json
 import logging
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from deepcuts.cache import keys as K
-from deepcuts.pipeline.flow import run
 from deepcuts.cache.store import StageCache
+from deepcuts.pipeline.flow import run
 
 STRATEGY = '''
 from deepcuts.strategies import Strategy

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from deepcuts.pruning import masks as M
 from deepcuts import strategies as S
 from deepcuts.pipeline.flow import run
+from deepcuts.pruning import masks as M
 from deepcuts.scoring.trace import MovementTrace
 from tests.test_strategies import (
     MLP,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepcuts.pruning import budget as B
-from deepcuts.models import compact as K
-from deepcuts.pruning import masks as M
 from deepcuts.config.errors import ConfigError
+from deepcuts.models import compact as K
 from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
 
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from deepcuts.data.glue import GlueDataModule
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import GlueDataModule
 from deepcuts.models.module import load_tokenizer
 
 

@@ -14,12 +14,12 @@ from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-from deepcuts.pruning import budget as B
-from deepcuts.pruning import masks as M
-from deepcuts.data.glue import GlueDataModule
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import GlueDataModule
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
 from deepcuts.training.fine_tune import FineTuneSettings, check_trainer, fine_tune
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")

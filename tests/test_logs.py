@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from deepcuts.config.errors import ConfigError
-from deepcuts.runtime.logs import quiet_third_party
-from deepcuts.pipeline.flow import run
-from deepcuts.runtime.progress import LabelledRichBar, LogProgress, progress_callbacks
 from deepcuts.cache.store import StageCache
+from deepcuts.config.errors import ConfigError
+from deepcuts.pipeline.flow import run
+from deepcuts.runtime.logs import quiet_third_party
+from deepcuts.runtime.progress import LabelledRichBar, LogProgress, progress_callbacks
 from deepcuts.runtime.tracking import run_location
 
 RANK_ZERO = "pytorch_lightning.utilities.rank_zero"

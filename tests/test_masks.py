@@ -3,8 +3,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from deepcuts.pruning import masks as M
 from deepcuts.config.errors import ConfigError
+from deepcuts.pruning import masks as M
 
 
 def test_topk_exact_count_and_ties_by_position():

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deepcuts.pruning import budget as B
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
+from deepcuts.pruning import budget as B
 
 CONTRACT = {
     "data", "model", "strategy", "ratio", "ratio_basis", "seed", "keep_fraction", "achieved_ratio",

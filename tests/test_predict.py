@@ -16,11 +16,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from deepcuts.data.glue import resolve_root
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import resolve_root
 from deepcuts.models.export import load_exported
-from deepcuts.pipeline.flow import run
 from deepcuts.models.predict import file_layout, predict
+from deepcuts.pipeline.flow import run
 from tests.conftest import REPO, compose_cfg
 
 _spec = importlib.util.spec_from_file_location("predict_cli", REPO / "predict.py")

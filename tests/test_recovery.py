@@ -10,16 +10,16 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from deepcuts.pruning import budget as B
-from deepcuts.pruning import schedule as G
-from deepcuts.pruning import masks as M
-from deepcuts.data.glue import EXAMPLE_INDEX, GlueDataModule
-from deepcuts.training.distill import DistillSettings, distill_loss, teacher_outputs
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import EXAMPLE_INDEX, GlueDataModule
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
-from deepcuts.training.rewind import RewindPoint, replay
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
+from deepcuts.pruning import schedule as G
+from deepcuts.training.distill import DistillSettings, distill_loss, teacher_outputs
 from deepcuts.training.fine_tune import FineTuneSettings, fine_tune
+from deepcuts.training.rewind import RewindPoint, replay
 
 # -- distillation -------------------------------------------------------------------------------
 

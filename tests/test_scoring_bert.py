@@ -10,11 +10,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from deepcuts.pruning import budget as B
-from deepcuts.pruning import masks as M
 from deepcuts import strategies as S
 from deepcuts.data.glue import GlueDataModule
 from deepcuts.models.module import build_model, load_tokenizer
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
 from deepcuts.scoring.passes import run_scoring
 
 QUIET = {"enable_progress_bar": False, "accelerator": "cpu"}

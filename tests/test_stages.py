@@ -48,7 +48,7 @@ def test_a_found_entry_is_held_too(tmp_path):
 
 def test_a_distilled_batch_reads_its_own_examples_teacher_rows():
     """Mutation checked: reading rows 0..B-1 instead of the batch's example_index fails this."""
-    table = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    table = torch.tensor([[0.0, 1.0], [3.0, 0.0], [1.0, 1.0], [2.0, 5.0], [0.0, 4.0], [6.0, 1.0]])  # softmax differs per row
     teacher = Teacher(table, DistillSettings(alpha=1.0, temperature=1.0))
     student = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
     batch = {"example_index": torch.tensor([4, 1]), "labels": torch.tensor([0, 1])}

@@ -12,14 +12,14 @@ import torchmetrics.functional as TF
 from omegaconf import OmegaConf
 from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
-from deepcuts.pruning import budget as B
-from deepcuts.pruning import structured as S
-from deepcuts.data.glue import GlueDataModule
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import GlueDataModule
 from deepcuts.models.export import export_pruned, load_exported
-from deepcuts.pruning.masks import apply_masks
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import structured as S
+from deepcuts.pruning.masks import apply_masks
 
 BERT = {"layers": "encoder.layer", "query": "attention.self.query", "key": "attention.self.key",
         "value": "attention.self.value", "attn_out": "attention.output.dense",

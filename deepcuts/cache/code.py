@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the deepcuts folder
@@ -57,7 +57,7 @@ def _imports(name: str, path: Path, source: str) -> set[str]:
     return {m for m in found if module_file(m) is not None}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source(path: Path, mtime_ns: int) -> str:
     return path.read_text()
 

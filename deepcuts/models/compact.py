@@ -36,9 +36,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
+from deepcuts.cache.store import atomic_path
 from deepcuts.config.errors import ConfigError
 from deepcuts.pruning.masks import current_masks, detach_masked_views, remove_masks
-from deepcuts.cache.store import atomic_path
 
 FORMAT, VERSION, BIT_ORDER = "deepcuts.models.compact", 1, "little"
 COMPACT_FILE = "model.compact.safetensors"

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepcuts.pruning.masks import detach_masked_views, remove_masks
 from deepcuts.cache.store import read_tensors, write_tensors
+from deepcuts.pruning.masks import detach_masked_views, remove_masks
 
 HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE, DATA_FILE = "head.safetensors", "task.json", "head.json", "data.json"
 STRUCTURE_KEY = "deepcuts_structure"  # config.json: per-layer heads_kept, neurons_kept, head_size

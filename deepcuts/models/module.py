@@ -19,19 +19,21 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from transformers import PreTrainedModel
 
+from deepcuts.config.errors import ConfigError
 from deepcuts.models.encoders import (
     ENCODER_INPUTS,
     LAYOUT_KEYS,
+    MODULE_ATTRIBUTES,
     POOLINGS,
     REQUIRED_INPUTS,
-    MODULE_ATTRIBUTES,
     ModelSpec,
     check_backbone,
     encoder_inputs,
     load_encoder,
 )
-from deepcuts.models.encoders import load_tokenizer as load_tokenizer  # re-exported: build_model's partner
-from deepcuts.config.errors import ConfigError
+from deepcuts.models.encoders import (
+    load_tokenizer as load_tokenizer,  # re-exported: build_model's partner
+)
 
 
 def build_model(cfg, tokenizer) -> GlueModel:

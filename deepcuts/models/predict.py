@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from deepcuts.data.glue import parse_labels, read_tsv
-from deepcuts.config.errors import ConfigError
-from deepcuts.models.export import DATA_FILE, HEAD_FILE, TASK_FILE
 from deepcuts.cache.store import atomic_path
+from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import parse_labels, read_tsv
+from deepcuts.models.export import DATA_FILE, HEAD_FILE, TASK_FILE
 
 EXPORT_FILES = ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE)
 DEFAULT_BATCH_SIZE = 128

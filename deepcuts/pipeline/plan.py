@@ -17,14 +17,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deepcuts.cache.code import code_digest
 from deepcuts.cache import keys as K
+from deepcuts.cache.code import code_digest
 from deepcuts.cache.store import StageCache, config_key
 from deepcuts.config.errors import ConfigError
 from deepcuts.config.neutral import without_neutral
 from deepcuts.data.glue import GlueDataModule, resolve_root
 from deepcuts.models.module import GlueModel, build_model, load_tokenizer
-from deepcuts.pipeline.stage import plain
 from deepcuts.pipeline.stages.dense import DenseStage
 from deepcuts.pipeline.stages.levers import RewindStage, TeacherStage
 from deepcuts.pipeline.stages.scores import ScoresStage

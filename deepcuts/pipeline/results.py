@@ -16,16 +16,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deepcuts.pruning import budget as B
-from deepcuts.pruning import masks as M
-from deepcuts.config.errors import ConfigError
 from deepcuts.cache.store import (
-    StageCache,
     atomic_path,
-    read_tensors,
     write_json,
     write_tensors,
 )
+from deepcuts.config.errors import ConfigError
+from deepcuts.pruning import budget as B
+from deepcuts.pruning import masks as M
 
 RESULTS = "results.json"
 MASKS = "masks.safetensors"

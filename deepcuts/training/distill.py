@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from deepcuts.data.glue import EXAMPLE_INDEX
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.glue import EXAMPLE_INDEX
 
 TEACHER_FILE = "teacher.safetensors"
 

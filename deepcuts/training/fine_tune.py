@@ -21,12 +21,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from deepcuts.cache.store import write_json
 from deepcuts.config.errors import ConfigError
 from deepcuts.config.neutral import without_neutral
 from deepcuts.pruning.masks import detach_masked_views
 from deepcuts.runtime.progress import STAGE_LABELS, progress_callbacks
 from deepcuts.training.distill import Teacher
-from deepcuts.cache.store import write_json
 
 PHASE_SEED_OFFSET = {"dense": 0, "pruned": 1}  # k-shot's intermediate fine-tunes "shot<t>": 100 + t
 
