@@ -84,20 +84,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``; the file is removed on release, so no stale lock files
-    pile up beside the entries. A job that was waiting on a lock file removed meanwhile takes the
-    lock again on the file now at ``path``."""
+def locked_open(path: Path, kind: int):
+    """``path`` opened with an ``flock`` of ``kind`` held. A job that was waiting on a lock file
+    removed meanwhile (by its holder, on release or when pruning) takes the lock again on the
+    file now at ``path``."""
     while True:
         fh = open(path, "a")
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.flock(fh, kind)
         try:
             if os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
-                break
+                return fh
         except FileNotFoundError:
             pass
         fh.close()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``; the file is removed on release, so no stale lock files
+    pile up beside the entries."""
+    fh = locked_open(path, fcntl.LOCK_EX)
     try:
         yield
     finally:
@@ -132,17 +138,7 @@ class StageCache:
         """A shared lock on ``<key>.use`` for the rest of the job: the pruner (deepcuts.cache.admin)
         takes it exclusively before deleting, so it never removes an entry a running job reads.
         Taken before the entry is checked, so an entry found valid stays there."""
-        path = entry.parent / f"{entry.name}.use"
-        while True:
-            fh = open(path, "a")
-            fcntl.flock(fh, fcntl.LOCK_SH)
-            try:
-                if os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
-                    break
-            except FileNotFoundError:
-                pass
-            fh.close()  # the pruner removed it while we waited: take the new one
-        self._in_use.append(fh)
+        self._in_use.append(locked_open(entry.parent / f"{entry.name}.use", fcntl.LOCK_SH))
 
     def _valid(self, entry: Path) -> bool:
         manifest = entry / "manifest.json"
