@@ -104,7 +104,7 @@ def rescore(plan: RunPlan, model, round_: int) -> dict:
     scorer = stage.new_scorer()
     named = dict(model.named_parameters())
     loader = plan.data.scoring_dataloader(stage.seed) if scorer.needs_data else None
-    scores = run_scoring(model, {n: named[n] for n in plan.prunable}, scorer, loader, stage.batches or None,
+    scores = run_scoring(model, {n: named[n] for n in plan.prunable}, scorer, loader, stage.asked,
                          bool((stage.scoring or {}).get("dropout")), trainer_kwargs=stage.trainer,
                          progress=stage.progress, seed=scoring_seed(stage.seed, round_))
     return {n: s.detach().cpu() for n, s in scores.items()}

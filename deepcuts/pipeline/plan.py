@@ -198,7 +198,7 @@ class RunPlan:
             scoring={k: scoring[k] for k in ("dropout", "accumulate") if k in scoring} if n_batches else None,
             batches=n_batches, at=at, prunable={n: list(p.shape) for n, p in prunable.items()}, seed=int(cfg.seed),
             scorer=scorer, new_scorer=lambda: instantiate_checked(scorer_cfg), new_model=new_model, pretrained=initial, datamodule=data, trainer=quiet,
-            progress=fine_tune.progress, from_dense=scorer.from_dense,
+            progress=fine_tune.progress, asked=cfg.scoring.batches, from_dense=scorer.from_dense,
         )
         teacher = TeacherStage(dense=dense_key, new_model=new_model, datamodule=data,
                                device=teacher_device(fine_tune.trainer)) if distill.enabled else None

@@ -74,10 +74,11 @@ class HeadsNeuronsSelector:
 
 def make_selector(structure_cfg, model: nn.Module, scorer, transform, prunable: dict, keep_fraction: float) -> Selector:
     """The run's selector from ``structure`` (checked before any training)."""
+    kind = structure_cfg.get("kind", "none") if structure_cfg is not None else "none"
+    if transform is not None and kind != "none":
+        raise ConfigError("a mask transform (strategy=shuffled) changes element masks after they are built, which "
+                          "would break whole heads and neurons; use strategy=random as the structured control.")
     structure = Structure.from_cfg(structure_cfg, model, scorer, prunable, keep_fraction)
     if structure is None:
         return ElementSelector(scorer.scope)
-    if transform is not None:
-        raise ConfigError("a mask transform (strategy=shuffled) changes element masks after they are built, which "
-                          "would break whole heads and neurons; use strategy=random as the structured control.")
     return HeadsNeuronsSelector(structure, prunable, scorer.scope)

@@ -49,6 +49,7 @@ class ScoresStage(Stage):
     datamodule: object = runtime("the dense stage's data; the scoring loader is seeded by seed")
     trainer: dict = runtime("accelerator and progress bar of the scoring pass")
     progress: dict | None = runtime("how progress is shown")
+    asked: int | None = runtime("scoring.batches as configured: only for the line saying it was capped")
     from_dense: bool = runtime("the scorer reads the dense trace (a class attribute of strategy's target)")
 
     def code(self) -> tuple:
@@ -72,7 +73,7 @@ class ScoresStage(Stage):
         named = dict(model.named_parameters())
         params = {name: named[name] for name in self.prunable}
         loader = self.datamodule.scoring_dataloader(self.seed) if self.scorer.needs_data else None
-        scores = run_scoring(model, params, self.scorer, loader, self.batches or None, bool((self.scoring or {}).get("dropout")),
+        scores = run_scoring(model, params, self.scorer, loader, self.asked, bool((self.scoring or {}).get("dropout")),
                              trainer_kwargs=self.trainer, progress=self.progress, seed=scoring_seed(self.seed, 1))
         if self.scorer.units:
             write_tensors(folder / UNITS, self.scorer.units)
