@@ -38,10 +38,14 @@ BASE = ("strategy=gradcam_shift",)
     "override",
     ["optimizer.lr=1e-3", "epochs_dense=2", "seed=1", "data.max_train_samples=40", "data=sst2",
      "model.config.hidden_size=64", "+trainer.accumulate_grad_batches=4", "+trainer.gradient_clip_val=1.0",
-     "trainer.precision=bf16-mixed", "scheduler=linear_warmup", "selection=dev", "selection=holdout"],
+     "trainer.precision=bf16-mixed", "scheduler=linear_warmup", "selection=dev", "selection=holdout", "trainer=ddp"],
 )
 def test_dense_key_changes_with_what_determines_the_dense_model(make_cfg, override):
     assert keys(make_cfg(*BASE, override))["dense"] != keys(make_cfg(*BASE))["dense"]
+
+
+def test_the_device_count_is_in_the_dense_key(make_cfg):
+    assert keys(make_cfg(*BASE, "trainer=ddp", "trainer.devices=3"))["dense"] != keys(make_cfg(*BASE, "trainer=ddp"))["dense"]
 
 
 def test_selection_fraction_is_in_the_dense_key_under_holdout(make_cfg):
@@ -175,7 +179,14 @@ ALTERNATIVES = {
     "strategy.scope": ["global"], "structure.group_score": ["mean"], "structure.scope": ["global"],
     "structure.kind": ["none"], "data.task.type": ["classification"], "model.pooling": ["first"],
     "trainer.strategy": ["ddp_spawn"], "trainer.devices": [2], "scheduler": ["linear_warmup"],
-    "optimizer._target_": ["torch.optim.SGD"], "data.monitor_mode": ["max"], "data.monitor": ["mse"],
+    "optimizer._target_": ["torch.optim.SGD"], "data.monitor_mode": ["min", "max"], "data.monitor": ["mse"],
+    "model.config.hidden_size": [64], "model.config.num_attention_heads": [4], "strategy.accumulate": ["abs_of_mean"],
+    "prune.exclude": [["bert.pooler.dense"]], "data.metrics.mse._target_": ["torchmetrics.MeanAbsoluteError"],
+    "data.metrics.pearson._target_": ["torchmetrics.SpearmanCorrCoef"],
+    "data.metrics.spearmanr._target_": ["torchmetrics.PearsonCorrCoef"],
+    "model.layout.query": ["attention.self.key"], "model.layout.key": ["attention.self.query"],
+    "model.layout.value": ["attention.self.query"], "model.layout.attn_out": ["output.dense"],
+    "model.layout.ffn_in": ["output.dense"], "model.layout.ffn_out": ["intermediate.dense"],
 }
 # leaves that cannot be perturbed into another valid run on the tiny model, and why
 UNPERTURBABLE = {
@@ -184,10 +195,10 @@ UNPERTURBABLE = {
     "data.metrics", "model.arch", "model.backbone", "model.tokenizer", "model.layout", "model.inputs",
     "model.pretrained", "model.prunable", "prune.include", "strategy._target_", "trainer._target_",
     "optimizer._partial_", "structure.min_heads", "data.task.labels",
-    # no generic value gives another valid run (checked: each is refused before training); the
-    # named tests above cover prune.exclude and the model/data YAML keys through their stages
-    "data.metrics", "data.monitor_mode", "data.task.type", "model.config", "model.layout", "model.pooling",
-    "prune.exclude", "strategy.accumulate", "trainer.devices",
+    # refused before training whatever the value: regression -> classification needs num_labels;
+    # another pooling has no pooler for prune.include; other layers are no modules of the model;
+    # devices > 1 needs trainer=ddp (test_dense_key_changes_with_what_determines_the_dense_model)
+    "data.task.type", "model.pooling", "model.layout.layers", "trainer.devices",
 }
 
 
