@@ -66,7 +66,7 @@ def test_a_new_library_version_rebuilds_the_dense_model_and_says_why(make_cfg, t
 def test_edited_data_rebuilds_the_dense_model(make_cfg, tmp_path):
     import shutil
 
-    from deepcuts.data.glue import DEFAULT_GLUE_DIR
+    from deepcuts.data.tsv import DEFAULT_GLUE_DIR
 
     root = tmp_path / "glue"
     shutil.copytree(DEFAULT_GLUE_DIR / "STS-B", root / "STS-B")

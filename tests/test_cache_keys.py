@@ -17,7 +17,6 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
-from deepcuts.config.errors import ConfigError
 from deepcuts.config.nested import flatten
 from deepcuts.config.neutral import RESULT_NEUTRAL, neutral
 from deepcuts.pipeline import run

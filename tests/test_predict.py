@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer
 
 from deepcuts.config.errors import ConfigError
-from deepcuts.data.glue import resolve_root
+from deepcuts.data.tsv import resolve_root
 from deepcuts.models.export import load_exported
 from deepcuts.models.predict import file_layout, predict
 from deepcuts.pipeline.flow import run

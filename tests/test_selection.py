@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from deepcuts.data.glue import GlueDataModule, holdout_indices
+from deepcuts.data.glue import GlueDataModule
+from deepcuts.data.tsv import holdout_indices
 from deepcuts.models.module import build_model, load_tokenizer
 from deepcuts.pipeline.flow import run
 from deepcuts.training.fine_tune import FineTuneSettings, fine_tune

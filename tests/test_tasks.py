@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deepcuts.config.errors import ConfigError
-from deepcuts.data.glue import label_map, parse_labels
+from deepcuts.data.tsv import label_map, parse_labels
 from deepcuts.pipeline.flow import run
 
 PAIRS = [("a man is playing a guitar", "a man plays music"), ("a dog runs in the park", "a cat sleeps"),

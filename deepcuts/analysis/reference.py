@@ -47,7 +47,7 @@ class Reference:
 
 
 def _glue_root(root: Any) -> Path:
-    """``data.root`` as the run resolved it (:func:`deepcuts.data.glue.resolve_root`, which imports
+    """``data.root`` as the run resolved it (:func:`deepcuts.data.tsv.resolve_root`, which imports
     torch): the path, else ``$GLUE_DIR``, else ``../shared/data/glue`` beside the repository."""
     if isinstance(root, str) and root and root != "null" and not root.startswith("${"):
         return Path(root).expanduser()
@@ -76,7 +76,7 @@ def _data_config(run: Path) -> dict | None:
 
 
 def _dev_labels(path: Path, data: dict) -> list[str]:
-    """The label column of one GLUE TSV (quoting off, as :func:`deepcuts.data.glue.read_tsv`), the
+    """The label column of one GLUE TSV (quoting off, as :func:`deepcuts.data.tsv.read_tsv`), the
     first ``max_eval_samples`` rows as the run evaluated them."""
     with open(path, encoding="utf-8", newline="") as fh:
         rows = [r for r in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)

@@ -36,7 +36,8 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(name: str, path: Path, source: str) -> set[str]:
+@cache
+def _imports(name: str, path: Path, source: str) -> frozenset[str]:
     """The ``deepcuts`` modules ``source`` names in any import statement."""
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -54,7 +55,7 @@ def _imports(name: str, path: Path, source: str) -> set[str]:
             for alias in node.names:
                 child = f"{module}.{alias.name}"
                 found.add(child if module_file(child) is not None else module)
-    return {m for m in found if module_file(m) is not None}
+    return frozenset(m for m in found if module_file(m) is not None)
 
 
 @cache

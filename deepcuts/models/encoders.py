@@ -15,6 +15,10 @@ The model YAML (``conf/model/*.yaml``) declares what differs per architecture:
 * ``layout``: the layer list and the per-layer Linears (query, key, value, attention output, FFN
   in, FFN out), for per-head analysis; ``GlueModel.layout``.
 * ``prunable``: the prunable-set patterns (``prune.include``).
+
+Over 300 lines on purpose: the spec, its loading and its wrong-checkpoint checks are one job
+(turning a model YAML into a checked encoder), and each check reads the spec and the loader's
+report together; split apart they would pass both around.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 
 from deepcuts.cache.store import atomic_path
 from deepcuts.config.errors import ConfigError
-from deepcuts.data.glue import parse_labels, read_tsv
+from deepcuts.data.tsv import parse_labels, read_tsv
 from deepcuts.models.export import DATA_FILE, HEAD_FILE, TASK_FILE
 
 EXPORT_FILES = ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE)

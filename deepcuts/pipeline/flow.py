@@ -23,7 +23,6 @@ from deepcuts.pruning.masks import current_masks, sparsity_rows
 from deepcuts.pruning.selectors import check_scores
 from deepcuts.runtime.logs import quiet_third_party
 from deepcuts.runtime.tracking import tracking
-from deepcuts.scoring.passes import run_scoring, scoring_seed
 from deepcuts.training.distill import Teacher
 from deepcuts.training.fine_tune import fine_tune
 
@@ -39,9 +38,8 @@ def run(cfg: DictConfig) -> dict:
     stages = StageRunner(plan.cache, out)
     stages.time("setup", time.perf_counter() - t0)
     with tracking(cfg, out) as tracker, plan.cache:  # the cache entries used stay held until the end
-        plan.dense.loggers = tracker.loggers
         # 1. Dense fine-tune (shared by every strategy and ratio), unless nothing needs it.
-        dense = stages.skip(plan.dense, skipped) if plan.skip_dense else stages(plan.dense)
+        dense = stages.skip(plan.dense, skipped) if plan.skip_dense else stages(plan.dense, loggers=tracker.loggers)
         # 1b. What the levers take from it: the teacher's outputs, the weights at a late rewind point.
         teacher = Teacher(stages(plan.teacher, dense=dense), plan.distill) if plan.teacher else None
         rewound = stages(plan.rewind, dense=dense) if plan.rewind else None
@@ -56,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
             scores.tensors, plan.schedule, plan.selector, model,
             lambda m, t: fine_tune(m, plan.data, plan.fine_tune, plan.shot_epochs, out, f"shot{t}",
                                    loggers=tracker.loggers(f"shot{t}", use_wandb=False), teacher=teacher),
-            lambda m, t: rescore(plan, m, t))
+            lambda m, t: plan.scores.score(m, plan.scores.new_scorer(), t))
         # 3. Select (masks, or whole heads and neurons); 4. rewind (finetuned: keep the model as it
         #    is); then apply the selection to the rewound model.
         masks = plan.selector.select(final_scores, plan.keep_fraction, scores.units)
@@ -94,20 +92,6 @@ def finished(plan: RunPlan) -> dict | None:
             log.info("identical job finished before (%s): copying its results", done)
             return R.restore_run(done, plan.out, plan.cfg)
     return None
-
-
-def rescore(plan: RunPlan, model, round_: int) -> dict:
-    """k-shot's re-scoring: a fresh instance of the scoring strategy on the current model, from
-    a fresh loader (the batches of the scores stage, whether it ran here or was cached) and a
-    seed of its own per round."""
-    stage = plan.scores
-    scorer = stage.new_scorer()
-    named = dict(model.named_parameters())
-    loader = plan.data.scoring_dataloader(stage.seed) if scorer.needs_data else None
-    scores = run_scoring(model, {n: named[n] for n in plan.prunable}, scorer, loader, stage.asked,
-                         bool((stage.scoring or {}).get("dropout")), trainer_kwargs=stage.trainer,
-                         progress=stage.progress, seed=scoring_seed(stage.seed, round_))
-    return {n: s.detach().cpu() for n, s in scores.items()}
 
 
 def record(plan: RunPlan, model, masks, dense: dict, pruned: dict, stages: StageRunner, batches, rounds) -> dict:

@@ -22,7 +22,8 @@ from deepcuts.cache.code import code_digest
 from deepcuts.cache.store import StageCache, config_key
 from deepcuts.config.errors import ConfigError
 from deepcuts.config.neutral import without_neutral
-from deepcuts.data.glue import GlueDataModule, resolve_root
+from deepcuts.data.glue import GlueDataModule
+from deepcuts.data.tsv import resolve_root
 from deepcuts.models.module import GlueModel, build_model, load_tokenizer
 from deepcuts.pipeline.stages.dense import DenseStage
 from deepcuts.pipeline.stages.levers import RewindStage, TeacherStage
@@ -130,7 +131,7 @@ class RunPlan:
         return {name: stage.key() for name, stage in stages.items() if stage is not None}
 
     @classmethod
-    def build(cls, cfg: DictConfig, out: Path, loggers=None) -> RunPlan:
+    def build(cls, cfg: DictConfig, out: Path) -> RunPlan:
         """Read and check every setting; build the model and data (tokenised, cached) but train nothing."""
         point = RewindPoint.parse(cfg.rewind)
         distill = DistillSettings.from_cfg(cfg.get("distill"))
@@ -176,7 +177,6 @@ class RunPlan:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         seeded = {k: v for k, v in initial.items() if not model_cfg.get("pretrained") or k.startswith("head.")}
         new_model = lambda: copy.deepcopy(template)  # noqa: E731
-        loggers = loggers or (lambda stage, use_wandb=False: None)
         folder = resolve_root(data_cfg.get("root")) / data_cfg["folder"]
         dense = DenseStage(
             data=without_neutral(data_cfg, "data"),
@@ -186,7 +186,7 @@ class RunPlan:
             optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
             scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
             fine_tune=fine_tune, epochs=int(cfg.epochs_dense), trace=traced, libraries=K.library_versions(),
-            new_model=new_model, datamodule=data, seeded=seeded, out=out, loggers=loggers,
+            new_model=new_model, datamodule=data, seeded=seeded, out=out,
         )
         dense_key = dense.key()
         quiet = {"accelerator": fine_tune.trainer.get("accelerator", "auto"), "devices": 1,
@@ -210,6 +210,7 @@ class RunPlan:
             "strategy": OmegaConf.to_container(cfg.strategy, resolve=True),
             **{k: cfg.get(k) for k in ("ratio", "ratio_basis", "keep_fraction", "epochs_final", "save_model")},
             "rewind": point.spec(), "kept": keep_fraction, "prunable": list(prunable),
+            "scope": scorer.scope,  # the selection's scope: the scoring strategy's (a control's is not used)
             "structure": structure if isinstance(selector, HeadsNeuronsSelector) else None,
             "shots": shots, "shot_epochs": cfg.get("shot_epochs", 1) if shots > 1 else None,
             "distill": distill.record() if distill.enabled else None,

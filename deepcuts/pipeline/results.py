@@ -1,4 +1,4 @@
-"""The outputs contract of a run, and the files of its cache entries (``deepcuts.cache.keys`` keys them).
+"""The outputs contract of a run, and the copy of a finished run kept in the cache (``runs``).
 
 Every run folder holds ``results.json`` (written last, atomically, with ``"status": "complete"``),
 ``masks.safetensors`` (one boolean tensor per pruned parameter, keyed by parameter name),

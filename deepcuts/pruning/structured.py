@@ -21,6 +21,10 @@ within each layer (``scope: layer``) or over all layers (``global``); ties go to
 Removal uses ``transformers.pytorch_utils.prune_linear_layer`` (transformers 5 no longer has
 ``prune_heads``): its attention reshapes with ``view(..., -1, head_size)``, so a layer runs with any
 number of heads >= 1; the attention module's head-count attributes are updated for readers.
+
+Over 300 lines on purpose: grouping, the parameter budget, the plan and the removal share the
+``Groups`` index arithmetic; :class:`deepcuts.pruning.selectors.HeadsNeuronsSelector` is the
+interface the pipeline sees.
 """
 
 from __future__ import annotations

@@ -65,13 +65,13 @@ class DenseStage(Stage):
     datamodule: object = runtime("the data of data + data_files, split by fine_tune.seed / selection")
     seeded: dict = runtime("the tensors of initial_state a seed made (the head; all of a random init)")
     out: Path = runtime("the run folder: logs and checkpoints only")
-    loggers: Callable = runtime("the run's loggers (CSV, W&B): what is shown, not what is trained")
 
-    def build(self, folder: Path) -> None:
+    def build(self, folder: Path, loggers: Callable | None = None) -> None:
+        """``loggers(stage, use_wandb)``: the run's loggers (what is shown, not what is trained)."""
         model = self.new_model()
         traces = [MovementTrace(self.trace, folder / TRACE)] if self.trace is not None else []
         result = fine_tune(model, self.datamodule, self.fine_tune, self.epochs, self.out, "dense",
-                           loggers=self.loggers("dense", use_wandb=False), callbacks=traces)
+                           loggers=loggers("dense", use_wandb=False) if loggers else [], callbacks=traces)
         write_tensors(folder / "model.safetensors", model.state_dict())
         write_tensors(folder / "initial.safetensors", self.seeded, metadata={"digest": self.initial_state})
         write_json(folder / "metrics.json", result)

@@ -70,14 +70,21 @@ class ScoresStage(Stage):
             model.load_state_dict(dense.state)
         elif dense.folder is not None:
             model.load_state_dict(dense.initial_state(self.pretrained))
-        named = dict(model.named_parameters())
-        params = {name: named[name] for name in self.prunable}
-        loader = self.datamodule.scoring_dataloader(self.seed) if self.scorer.needs_data else None
-        scores = run_scoring(model, params, self.scorer, loader, self.asked, bool((self.scoring or {}).get("dropout")),
-                             trainer_kwargs=self.trainer, progress=self.progress, seed=scoring_seed(self.seed, 1))
+        scores = self.score(model, self.scorer, round_=1)
         if self.scorer.units:
             write_tensors(folder / UNITS, self.scorer.units)
         write_tensors(folder / SCORES, scores, metadata={"batches": str(self.scorer.batches_seen)})
+
+    def score(self, model, scorer, round_: int) -> dict[str, torch.Tensor]:
+        """One scoring pass of ``scorer`` over ``model``'s prunable tensors with this stage's
+        settings: a fresh loader (the same batches in every round, whether round 1 ran here or
+        was cached) and the round's own seed. k-shot's re-scoring calls it with a fresh scorer."""
+        named = dict(model.named_parameters())
+        params = {name: named[name] for name in self.prunable}
+        loader = self.datamodule.scoring_dataloader(self.seed) if scorer.needs_data else None
+        scores = run_scoring(model, params, scorer, loader, self.asked, bool((self.scoring or {}).get("dropout")),
+                             trainer_kwargs=self.trainer, progress=self.progress, seed=scoring_seed(self.seed, round_))
+        return {name: s.detach().cpu() for name, s in scores.items()}
 
     def load(self, folder: Path) -> Scores:
         meta = tensor_metadata(folder / SCORES)
