@@ -47,8 +47,8 @@ def run(cfg: DictConfig) -> dict:
         scores = stages(plan.scores, dense=dense)
         check_scores(scores.tensors, plan.prunable)
         # 2b. k-shot: rounds 1..k-1 prune, fine-tune shortly and re-score among the kept weights.
-        model = plan.new_model()  # the dense model (scores at the pretrained one skip the dense stage)
-        if dense.state is not None:
+        model = plan.template  # the run's own model from here on (stages that built copied it before)
+        if dense.state is not None and (len(plan.schedule) > 1 or plan.point.kind == "finetuned"):
             model.load_state_dict(dense.state)
         final_scores, rounds = run_rounds(
             scores.tensors, plan.schedule, plan.selector, model,
@@ -59,10 +59,8 @@ def run(cfg: DictConfig) -> dict:
         #    is); then apply the selection to the rewound model.
         masks = plan.selector.select(final_scores, plan.keep_fraction, scores.units)
         masks = plan.transform(masks) if plan.transform is not None else masks
-        if plan.point.kind != "finetuned":
-            model = plan.new_model()  # the initial state: rewind=pretrained, step:0, epoch:0
-            if rewound is not None:
-                model.load_state_dict(rewound)
+        if plan.point.kind != "finetuned":  # the initial state (pretrained, step:0, epoch:0) or a late point
+            model.load_state_dict(rewound if rewound is not None else plan.initial)
         plan.selector.apply(model, masks)
         # 5. Masked fine-tune with a fresh optimiser; the epoch kept follows `selection`.
         t = time.perf_counter()

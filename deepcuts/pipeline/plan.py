@@ -88,7 +88,7 @@ class RunPlan:
     cfg: DictConfig  # for config.yaml, labels in results.json and the tracker only
     out: Path
     tokenizer: object
-    template: GlueModel  # the model at its initial state; never trained (new_model copies it)
+    template: GlueModel  # the model at its initial state: stages copy it (new_model); the flow then trains it
     initial: dict[str, torch.Tensor]
     data: GlueDataModule
     strategy: object  # the run's strategy (a control's transform comes from it)
