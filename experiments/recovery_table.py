@@ -10,7 +10,8 @@ difference to the reference recipe, masked epochs, wall time, and with ``--targe
 whether the mean % of dense reaches it. Writes DIR/recovery.md and DIR/recovery.csv (atomically)
 and prints the Markdown. Exit status 2 (nothing written) when no run is found, the reference
 recipe has no run, or a target is malformed; folders without results.json are skipped with a
-warning. See deepcuts/analysis/recovery.py.
+warning. See deepcuts/analysis/recovery.py (the table) and
+deepcuts/analysis/render/recovery.py (the files).
 """
 
 from __future__ import annotations
@@ -23,12 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from deepcuts.analysis.recovery import (  # noqa: E402
-    DEFAULT_REFERENCE,
-    RecoveryError,
-    parse_target,
-    write_recovery,
-)
+from deepcuts.analysis.recovery import DEFAULT_REFERENCE, RecoveryError, parse_target  # noqa: E402
+from deepcuts.analysis.render.recovery import write_recovery  # noqa: E402
 
 
 def _target(text: str) -> tuple[str, float]:

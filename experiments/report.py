@@ -4,8 +4,8 @@
                                  [--pair-by KEY=REFERENCE ...]
 
 Folders are searched recursively for ``results.json``; ``--out`` defaults to ``FIRST/report``.
-Writes report.csv (summary), paired.csv (paired differences against the baselines), report.md and
-one plot per data set; ``--pair-by structure.kind=none`` also pairs runs that differ only in that
+Writes report.csv (summary), paired.csv (paired differences against the baselines), timing.csv,
+report.md, report.html and one plot per data set; ``--pair-by structure.kind=none`` also pairs runs that differ only in that
 config key against its reference value, by seed (paired_structure.kind.csv and a report section).
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from deepcuts.analysis.pair_by import PairByError  # noqa: E402
-from deepcuts.analysis.report import DEFAULT_BASELINES, write_report  # noqa: E402
+from deepcuts.analysis.compare import DEFAULT_BASELINES, PairByError  # noqa: E402
+from deepcuts.analysis.render.report import write_report  # noqa: E402
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {', '.join(map(str, tables))}, {written['markdown']} and "
           f"{len(written['plots'])} plot(s)")
     if args.wandb:
-        from deepcuts.analysis.wandb_upload import log_folder
+        from deepcuts.analysis.render.wandb import log_folder
 
         print(f"logged to W&B: {log_folder(out, 'report')}")
     return 0

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
 from deepcuts.config.nested import flatten
-from deepcuts.config.neutral import RESULT_NEUTRAL, neutral
+from deepcuts.config.neutral import RESULT_NEUTRAL, dense_input, neutral
 from deepcuts.pipeline import run
 from deepcuts.pipeline.plan import RunPlan
 
@@ -230,9 +230,12 @@ def _leaves(cfg) -> dict:
 @pytest.mark.slow
 def test_every_config_leaf_changes_a_key_or_is_result_neutral(make_cfg):
     """Keys proven complete (mutation checked: dropping ``selection`` from FineTuneSettings.spec,
-    or ``prunable`` from the scores stage, fails this test)."""
+    or ``prunable`` from the scores stage, fails this test), and DENSE_INPUTS, which the reports
+    use to know which comparisons are across dense models, equal to what moves the dense key
+    (mutation checked: dropping ``epochs_dense`` from DENSE_INPUTS fails it)."""
     changed: dict[str, set[str]] = {}
     unread: list[str] = []  # valid perturbations that change no key where the setting is read
+    misfiled: list[str] = []  # dense key moved by a setting not in DENSE_INPUTS, or the reverse
     for name, base in BASES.items():
         cfg = make_cfg(*base)
         reference = keys(cfg)
@@ -249,10 +252,13 @@ def test_every_config_leaf_changes_a_key_or_is_result_neutral(make_cfg):
                     continue  # not a valid run: refused before training
                 moved = {k for k in got if got[k] != reference.get(k)}
                 changed.setdefault(path, set()).update(moved)
+                if moved and ("dense" in moved) != dense_input(path):
+                    misfiled.append(f"{name}: {path}={other!r} moves {sorted(moved)}")
                 if not moved and not any(path == c or path.startswith(c + ".") for c in CONDITIONAL):
                     unread.append(f"{name}: {path}={other!r}")
     all_leaves = {p for base in BASES.values() for p in _leaves(make_cfg(*base)) if not neutral(p)}
     silent = sorted(p for p in all_leaves if not changed.get(p) and not any(p == u or p.startswith(u + ".") for u in UNPERTURBABLE))
     assert not silent, f"config leaves that change no key and are not result-neutral: {silent}"
     assert not unread, f"settings that change no key in a base where they are read: {unread}"
+    assert not misfiled, f"DENSE_INPUTS (deepcuts/config/neutral.py) disagrees with the dense key: {misfiled}"
     assert all(reason for reason in RESULT_NEUTRAL.values())

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deepcuts.analysis import html as dc_html
-from deepcuts.analysis.html import Heatmap, LinePlot, Section, Table, format_cell, write_html
+from deepcuts.analysis.render import html as dc_html
+from deepcuts.analysis.render.html import Heatmap, LinePlot, Section, Table, format_cell, write_html
 
 N_PLOTS = 3  # two line plots and one heatmap below
 BROWSER_TIMEOUT_S = 60

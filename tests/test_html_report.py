@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from deepcuts.analysis.report import write_report
+from deepcuts.analysis.render.report import write_report
 from tests.test_html import _render
 from tests.test_report import MONITOR, make_sweep
 

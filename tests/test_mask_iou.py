@@ -1,18 +1,23 @@
-"""Mask IoU analysis: hand-made masks, the random baseline, head slicing, and an end-to-end run on
-fake run folders (no training)."""
+"""Mask IoU analysis: hand-made masks, the random baseline, head slicing, which runs are compared
+with which (variants, strategy settings, copies, reruns), and an end-to-end run on fake run folders
+(no training)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from deepcuts.analysis import mask_iou as MI
+from deepcuts.analysis.render import masks as RM
 
 HIDDEN, INTER, HEADS, LAYERS = 4, 8, 2, 2
 
@@ -38,14 +43,27 @@ def random_masks(seed: int, shapes: dict[str, tuple] | None = None) -> dict[str,
 
 
 def write_run(folder: Path, strategy: str, masks: dict, seed: int = 0, status: str = "complete",
-              with_masks: bool = True) -> Path:
+              with_masks: bool = True, config: dict | None = None, run_key: str | None = None) -> Path:
+    """A run folder as the outputs contract has it: results.json (``run_key``: default unique per
+    folder), masks.safetensors, and ``config`` as config.yaml when given."""
     folder.mkdir(parents=True)
     if with_masks:
         save_file({k: v.contiguous() for k, v in masks.items()}, str(folder / "masks.safetensors"))
     results = {"status": status, "data": "sst2", "model": "tiny", "strategy": strategy,
-               "ratio": 6.8, "seed": seed, "keep_fraction": 0.147, "num_attention_heads": HEADS}
+               "ratio": 6.8, "ratio_basis": "prunable", "seed": seed, "monitor": "acc",
+               "achieved_ratio": 6.8, "dense": {"acc": 0.9}, "pruned": {"acc": 0.8},
+               "run_key": run_key or f"job-{folder.as_posix()}", "keep_fraction": 0.147,
+               "num_attention_heads": HEADS}
     (folder / "results.json").write_text(json.dumps(results))
+    if config is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
+
+
+def pairs(tensors: pd.DataFrame) -> list[tuple]:
+    """The (variant, strategy_a, strategy_b, seed) compared, once each."""
+    rows = tensors[["variant", "strategy_a", "strategy_b", "seed"]].drop_duplicates()
+    return sorted(rows.itertuples(index=False, name=None))
 
 
 # --- IoU and the random baseline -------------------------------------------------------------
@@ -152,7 +170,7 @@ def test_analyse_end_to_end(tmp_path):
     write_run(root / "no_masks", "d", {}, with_masks=False)
     write_run(root / "running", "e", random_masks(7), status="running")
     out = tmp_path / "analysis"
-    written = MI.analyse([root], out)
+    written = RM.analyse([root], out)
 
     stems = ["tensor_iou", "layer_iou", "head_iou", "summary", "heatmap_mean_sst2_r6.8",
              "heatmap_min_sst2_r6.8", "layers_sst2_r6.8", "sparsity_sst2_r6.8",
@@ -190,7 +208,7 @@ def test_seeds_are_compared_separately_then_averaged(tmp_path):
         for strategy in "ab":
             write_run(tmp_path / f"s{seed}{strategy}", strategy, random_masks(10 * seed + ord(strategy)), seed=seed)
     out = tmp_path / "out"
-    MI.analyse([tmp_path], out)
+    RM.analyse([tmp_path], out)
     tensors = pd.read_csv(out / "tensor_iou.csv")
     assert sorted(tensors["seed"].unique()) == [0, 1]
     assert len(tensors) == 2 * len(bert_shapes())
@@ -215,7 +233,7 @@ def test_mismatched_masks_raise(tmp_path):
 def test_cli_main(tmp_path, capsys):
     for strategy in "ab":
         write_run(tmp_path / "runs" / strategy, strategy, random_masks(ord(strategy)))
-    assert MI.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert RM.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "summary.md").is_file()
     assert "tensor_iou" in capsys.readouterr().out
 
@@ -266,11 +284,116 @@ def test_analysis_uses_the_layout_of_results_json(tmp_path):
 
 
 def test_layout_from_config_yaml_when_results_json_has_none(tmp_path):
-    import yaml
-
     folder = write_run(tmp_path / "a", "a", random_masks(0, distil_shapes()))
     (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"layout": DISTIL_LAYOUT, "config": {"n_heads": 4}}}))
     run = MI.load_run(folder)
     assert run.layout == DISTIL_LAYOUT
     assert MI.load_run(write_run(tmp_path / "b", "b", random_masks(0))).layout == MI.BERT_LAYOUT  # older results
     assert MI.compare_heads(run, run)["iou_kept"].eq(1.0).all()
+
+
+# --- which runs are compared with which ---------------------------------------------------------
+
+
+def test_a_structured_and_a_masked_variant_are_both_compared(tmp_path):
+    """Runs that differ in a swept key (here structure.kind) are two variants: each variant's
+    strategies are compared with each other, never across variants, and none is a duplicate."""
+    for i, (kind, strategy) in enumerate(itertools.product(("none", "heads_neurons"), "ab")):
+        write_run(tmp_path / f"{kind}_{strategy}", strategy, random_masks(i),
+                  config={"structure": {"kind": kind}, "strategy": {"name": strategy}})
+    tables, runs, skipped = MI.pair_tables([tmp_path])
+    assert len(runs) == 4 and not skipped
+    assert pairs(tables["tensor_iou"]) == [("structure.kind=heads_neurons", "a", "b", 0),
+                                           ("structure.kind=none", "a", "b", 0)]
+    assert len(tables["tensor_iou"]) == 2 * len(bert_shapes())
+    grids = MI.kept_iou_grids(tables)
+    assert [g.variant for g in grids] == ["structure.kind=heads_neurons", "structure.kind=none"]
+    assert all(g.names == ["a", "b"] and g.seeds == 1 for g in grids)
+
+    out = tmp_path / "out"
+    written = RM.analyse([tmp_path], out)
+    assert {"heatmap_mean_sst2_r6.8_structure.kind_none", "heatmap_mean_sst2_r6.8_structure.kind_heads_neurons",
+            "heads_sst2_r6.8_structure.kind_none_a_vs_b"} <= set(written)
+    summary = (out / "summary.md").read_text()
+    assert "## sst2 · tiny · ratio 6.8 · structure.kind=none (seeds 0)" in summary
+    assert "## sst2 · tiny · ratio 6.8 · structure.kind=heads_neurons (seeds 0)" in summary
+
+
+def test_strategy_sweep_values_make_two_members(tmp_path):
+    """A strategy run at two settings of its own key is two members, labelled by the setting."""
+    for sigma in (0.5, 1.0):
+        write_run(tmp_path / f"sg{sigma}", "smoothgrad", random_masks(int(10 * sigma)),
+                  config={"strategy": {"name": "smoothgrad", "sigma": sigma}})
+    write_run(tmp_path / "b", "b", random_masks(3), config={"strategy": {"name": "b"}})
+    tables, runs, skipped = MI.pair_tables([tmp_path])
+    assert len(runs) == 3 and not skipped
+    a, b, c = "b", "smoothgrad (strategy.sigma=0.5)", "smoothgrad (strategy.sigma=1)"
+    assert pairs(tables["tensor_iou"]) == [("", a, b, 0), ("", a, c, 0), ("", b, c, 0)]
+    (grid,) = MI.kept_iou_grids(tables)
+    assert grid.variant == "" and grid.names == [a, b, c]
+    assert [grid.z[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    assert 0 < grid.chance < 1
+
+
+def test_identical_jobs_count_once(tmp_path):
+    """A sweep copied into another folder (same run keys) is the same jobs, not a second set of
+    runs: no strategy is compared with its own copy."""
+    for strategy in "ab":
+        write_run(tmp_path / "sweep" / strategy, strategy, random_masks(ord(strategy)))
+    shutil.copytree(tmp_path / "sweep", tmp_path / "copy")
+    tables, runs, skipped = MI.pair_tables([tmp_path / "sweep", tmp_path / "copy"])
+    assert [r.folder for r in runs] == [tmp_path / "sweep" / s for s in "ab"]
+    assert pairs(tables["tensor_iou"]) == [("", "a", "b", 0)]
+    assert len(tables["tensor_iou"]) == len(bert_shapes())
+    assert sorted((s.path, s.reason, s.other) for s in skipped) == [
+        (tmp_path / "copy" / s, "same job (run key) as", tmp_path / "sweep" / s) for s in "ab"]
+
+
+def test_a_rerun_replaces_the_older_run(tmp_path):
+    """Two runs of one label, data, model, ratio, variant and seed with different run keys: the
+    newest results.json counts (whatever the folder names), the older is named as skipped."""
+    masks_b = random_masks(2)
+    new = write_run(tmp_path / "1_new", "a", masks_b)  # same masks as b: IoU 1 proves it is used
+    old = write_run(tmp_path / "2_old", "a", random_masks(1))
+    write_run(tmp_path / "b", "b", masks_b)
+    os.utime(old / "results.json", (1_000_000, 1_000_000))
+    tables, runs, skipped = MI.pair_tables([tmp_path])
+    assert sorted(r.folder.name for r in runs) == ["1_new", "b"]
+    assert skipped == [MI.Skipped(old, "older rerun of", new)]
+    assert tables["tensor_iou"]["iou_kept"].eq(1.0).all()
+    assert skipped[0].text(lambda p: p.name) == "older rerun of 1_new"
+
+
+def test_summary_prints_no_absolute_path(tmp_path):
+    root = tmp_path / "runs"
+    for strategy in "ab":
+        write_run(root / strategy, strategy, random_masks(ord(strategy)))
+    old = write_run(root / "a_old", "a", random_masks(5))
+    os.utime(old / "results.json", (1_000_000, 1_000_000))
+    write_run(root / "no_masks", "c", {}, with_masks=False)
+    write_run(root / "running", "d", random_masks(6), status="running")
+    out = tmp_path / "analysis"
+    RM.analyse([root], out)
+    summary = (out / "summary.md").read_text()
+    assert "- `../runs/a_old`: older rerun of `../runs/a`" in summary
+    assert "- `../runs/no_masks`: no masks.safetensors" in summary
+    assert "- `../runs/running`: status 'running'" in summary
+    assert str(tmp_path) not in summary
+
+
+def test_kept_grid_is_nan_where_a_pair_was_not_compared(tmp_path):
+    """Seed 0 has a and b, seed 1 a and c: b and c never met."""
+    for seed, strategies in ((0, "ab"), (1, "ac")):
+        for strategy in strategies:
+            write_run(tmp_path / f"{strategy}{seed}", strategy, random_masks(10 * seed + ord(strategy)), seed=seed)
+    (grid,) = MI.kept_iou_grids(MI.pair_tables([tmp_path])[0])
+    assert grid.names == ["a", "b", "c"] and grid.seeds == 1
+    assert pd.isna(grid.z[1][2]) and pd.isna(grid.z[2][1]) and 0 < grid.z[0][1] < 1
+
+
+def test_no_runs_write_empty_tables(tmp_path):
+    (tmp_path / "empty").mkdir()
+    written = RM.analyse([tmp_path / "empty"], tmp_path / "out")
+    assert sorted(written) == ["head_iou", "layer_iou", "layer_sparsity", "summary", "tensor_iou"]
+    assert "Runs analysed: 0; skipped: 0." in written["summary"].read_text()
+    assert MI.kept_iou_grids(MI.pair_tables([tmp_path / "empty"])[0]) == []

@@ -16,8 +16,10 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as st
 
-from deepcuts.analysis.pair_by import PairByError, paired_across, render_paired_across
-from deepcuts.analysis.report import PAIRED, collect_runs, write_report
+from deepcuts.analysis.compare import PAIRED, PairByError, paired_across
+from deepcuts.analysis.render.markdown import render_paired_across
+from deepcuts.analysis.render.report import write_report
+from deepcuts.analysis.runs import collect_runs
 
 REPO = Path(__file__).resolve().parents[1]
 HEADS = {"kind": "heads_neurons", "group_score": "sum", "scope": None, "min_heads": 1}
@@ -103,7 +105,8 @@ def test_unpaired_seeds_are_reported_and_left_out(tmp_path):
     assert row["seeds"] == 3 and row["paired_seeds"] == "0 1 2"
     assert row["unpaired_seeds"] == "3 4 5"  # one side only, or NaN on one side
     assert row["mean_diff"] == pytest.approx(statistics.mean(DIFFS), abs=1e-12)
-    assert "seed(s) 3, 4, 5 left out" in row["verdict"]
+    assert row["verdict"].endswith("left out: seed 3: no reference run; seed 4: reference only; "
+                                   "seed 5: NaN on the method side")
 
 
 def test_sub_keys_do_not_block_pairing_and_are_the_variant(tmp_path):
@@ -211,7 +214,7 @@ def test_write_report_csv_and_markdown_section(tmp_path):
 
 def test_render_without_pairs():
     empty = pd.DataFrame(columns=["data", "structure.kind"])
-    text = render_paired_across(empty, "structure.kind", "none")
+    text = render_paired_across(empty, "structure.kind", "none", "structure.kind")
     assert text.startswith("## Paired across `structure.kind` (reference `none`)")
     assert "No pairs" in text
 
@@ -243,7 +246,7 @@ def test_cli_pair_by_and_its_errors(tmp_path):
 
 
 def test_pair_by_does_not_import_torch():
-    code = "import sys, deepcuts.analysis.pair_by; sys.exit('torch' in sys.modules)"
+    code = "import sys, deepcuts.analysis.compare, deepcuts.analysis.render.report; sys.exit('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr or "pair_by imported torch"

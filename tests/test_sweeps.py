@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf
 
-from deepcuts.analysis.report import write_report
+from deepcuts.analysis.render.report import write_report
 from tests.conftest import REPO, TINY
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",

@@ -110,7 +110,7 @@ def test_wandb_offline_run_has_config_and_summary(make_cfg, tmp_path, monkeypatc
 def test_analysis_folder_goes_to_wandb_as_images_and_tables(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from deepcuts.analysis.wandb_upload import log_folder
+    from deepcuts.analysis.render.wandb import log_folder
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -1,8 +1,14 @@
 """How similar are the masks of two pruning strategies? IoU of kept and pruned weights.
 
 Built only on the outputs contract of a run folder (``results.json`` + ``masks.safetensors``, one
-bool tensor per pruned parameter, True = kept). Runs are compared only when data, model, ratio and
-seed agree; with several seeds every number is computed per seed, then averaged.
+bool tensor per pruned parameter, True = kept), read through
+:func:`deepcuts.analysis.runs.collect_runs`. Runs are compared only when data, model, ratio,
+variant and seed agree: the variant is the run's values of the sweep keys (config values a sweep
+varied, :func:`~deepcuts.analysis.runs.sweep_keys`) outside ``strategy.``, so runs that differ in
+e.g. ``structure.kind`` are never compared with each other; ``strategy.`` sweep keys go into the
+strategy's label instead (``smoothgrad (strategy.sigma=0.5)``), so two settings of one strategy
+are two members of a comparison. With several seeds every number is computed per seed, then
+averaged.
 
 IoU (Jaccard index) of two masks A, B is ``|A & B| / |A | B|``. When both are empty the IoU is
 defined as 1.0 (two empty sets are identical). The paper's number is the IoU of the *pruned* sets,
@@ -19,26 +25,34 @@ Per-head analysis follows the run's ``layout`` (``results.json``; the model YAML
 and the names of each layer's query, key, value and attention-output Linears, so it works for
 every architecture. Results without a layout come from BERT models and use :data:`BERT_LAYOUT`.
 
-Usage: ``python -m deepcuts.analysis.mask_iou RUN_FOLDERS... --out OUT [--heads N]``.
+Figures, ``summary.md`` and the command line: :mod:`deepcuts.analysis.render.masks`.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from deepcuts.analysis import plots_iou as P
+from deepcuts.analysis.keys import MISSING, fmt, norm, row_key, sort_value
+from deepcuts.analysis.runs import (
+    MASKS,
+    collect_runs,
+    config_key,
+    identical_jobs_once,
+    latest,
+    sweep_keys,
+    with_sweep_columns,
+)
 
-RESULTS, MASKS = "results.json", "masks.safetensors"
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 # The layout of results written before results.json had one (every model then was a BERT).
 BERT_LAYOUT = {
@@ -48,9 +62,14 @@ BERT_LAYOUT = {
 }
 HEAD_PARTS = ("query", "key", "value")  # heads are row blocks of these; columns of attn_out
 STATS = ["iou_kept", "iou_kept_random", "iou_pruned", "iou_pruned_random", "density_a", "density_b"]
-KEYS = ["data", "model", "ratio", "seed", "strategy_a", "strategy_b"]
+GROUP = ["data", "model", "ratio", "variant"]  # runs are compared within a group and seed
+PAIR = ["strategy_a", "strategy_b"]  # strategy labels, a < b
+KEYS = [*GROUP, "seed", *PAIR]
 TENSOR_COLUMNS = [*KEYS, "parameter", "layer", *STATS]
 HEAD_COLUMNS = [*KEYS, "layer", "head", *STATS]
+SPARSITY_COLUMNS = [*GROUP, "seed", "strategy", "keep_fraction", "layer", "kept", "numel",
+                    "kept_fraction"]
+SUMMARY_STATS = ["iou_kept", "iou_kept_random", "iou_pruned", "iou_pruned_random"]
 
 
 def iou(a, b) -> float:
@@ -175,13 +194,35 @@ def query_layers(masks: dict[str, torch.Tensor], layout: dict) -> dict[int, torc
             if name.endswith(suffix) and layer_index(name, layout) is not None}
 
 
+def layer_order(label) -> float:
+    """Encoder layers by number, then the pooler, then anything else."""
+    text = str(label)
+    return float(text) if text.isdigit() else (1e6 if text == "pooler" else 1e6 + 1)
+
+
+def sort_key(column: pd.Series) -> pd.Series:
+    """``sort_values`` key: layers in model order, every other column as it is."""
+    return column.map(layer_order) if column.name == "layer" else column
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
 @dataclass
 class Run:
-    """A finished run folder; masks are loaded on first use."""
+    """A finished run folder; masks are loaded on first use.
+
+    ``config`` is the run's flattened ``config.yaml`` (the run table's column; None without one).
+    ``variant`` and ``label`` say where the run sits in a comparison (see the module docstring):
+    the non-``strategy.`` sweep values, and the strategy with its own sweep values (default: the
+    strategy)."""
 
     folder: Path
     results: dict
     heads_option: int | None = None
+    config: dict | None = None
+    variant: str = ""
+    label: str = ""
     _masks: dict | None = field(default=None, repr=False)
     _layout: dict | None = field(default=None, repr=False)
 
@@ -191,12 +232,16 @@ class Run:
     ratio = property(lambda self: float(self.results["ratio"]))
     seed = property(lambda self: int(self.results["seed"]))
 
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        self.label = self.label or str(self.strategy)
+
     @property
     def layout(self) -> dict:
         """``results.json``'s layout (the model YAML's), else ``config.yaml``'s model.layout, else
         :data:`BERT_LAYOUT` (results from before layouts: every model was a BERT)."""
         if self._layout is None:
-            self._layout = check_layout(self.results.get("layout") or self._config_model().get("layout")
+            self._layout = check_layout(self.results.get("layout") or self._config_section("model.layout")
                                         or BERT_LAYOUT)
         return self._layout
 
@@ -206,61 +251,104 @@ class Run:
             self._masks = {k: v.bool() for k, v in load_file(str(self.folder / MASKS)).items()}
         return self._masks
 
+    def release(self) -> None:
+        """Forget the loaded masks (they are read again on next use)."""
+        self._masks = None
+
     def heads(self, hidden: int) -> int:
         """``results.json``'s num_attention_heads, else --heads, else ``config.yaml``'s
-        model.config.num_attention_heads, else 12 (BERT-base, MiniLM) if it divides hidden."""
-        for value in (self.results.get("num_attention_heads"), self.heads_option, self._config_heads()):
+        model.config.num_attention_heads (n_heads: DistilBERT), else 12 (BERT-base, MiniLM) if it
+        divides hidden."""
+        config = self._config_section("model.config")
+        for value in (self.results.get("num_attention_heads"), self.heads_option,
+                      config.get("num_attention_heads"), config.get("n_heads")):
             if value:
                 return int(value)
         return 12 if hidden % 12 == 0 else (hidden // 64 if hidden % 64 == 0 else 1)
 
-    def _config_heads(self) -> int | None:
-        config = self._config_model().get("config") or {}
-        return config.get("num_attention_heads") or config.get("n_heads")  # n_heads: DistilBERT
+    def _config_section(self, prefix: str) -> dict:
+        """The flattened config's keys under ``prefix.``, without it; {} without a config."""
+        start = prefix + "."
+        return {k[len(start):]: v for k, v in (self.config or {}).items() if k.startswith(start)}
 
-    def _config_model(self) -> dict:
-        """``config.yaml``'s model section; {} when there is none or it cannot be read."""
-        try:
-            import yaml
 
-            model = yaml.safe_load((self.folder / "config.yaml").read_text())["model"]
-            return model if isinstance(model, dict) else {}
-        except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError):
-            return {}
+class Skipped(NamedTuple):
+    """A run folder left out of the comparison: ``reason``, followed by the folder ``other``
+    when there is one (``older rerun of``: the newer run that replaced it)."""
+
+    path: Path
+    reason: str
+    other: Path | None = None
+
+    def text(self, shown: Callable[[Path], str] = str) -> str:
+        """The reason as a report prints it, ``other`` through ``shown`` (e.g. a function giving
+        the path relative to the report's folder)."""
+        return self.reason if self.other is None else f"{self.reason} {shown(self.other)}"
+
+
+def _values(row: dict, cols: Sequence[str]) -> list[str]:
+    """``key=value`` of each sweep column the run has a value for."""
+    return [f"{config_key(c)}={fmt(row[c])}" for c in cols if norm(row[c]) is not MISSING]
+
+
+def _placed(df: pd.DataFrame) -> pd.DataFrame:
+    """The run table with ``variant`` and ``label`` (see the module docstring). Runs that mix
+    ratio bases get ``ratio_basis=...`` in their variant: their masks have different sparsities."""
+    sweep = sweep_keys(df)
+    df = with_sweep_columns(df, sweep)
+    own = [c for c in sweep if config_key(c).startswith("strategy.")]
+    other = [c for c in sweep if c not in own]
+    basis = df["ratio_basis"].astype(str).nunique() > 1
+    variants, labels = [], []
+    for row in df.to_dict("records"):
+        parts = [f"ratio_basis={fmt(row['ratio_basis'])}"] * basis + _values(row, other)
+        variants.append(", ".join(parts))
+        values = _values(row, own)
+        labels.append(str(row["strategy"]) + (f" ({', '.join(values)})" if values else ""))
+    return df.assign(variant=pd.Series(variants, index=df.index, dtype=object),
+                     label=pd.Series(labels, index=df.index, dtype=object))
+
+
+def find_runs(paths: Iterable, heads: int | None = None) -> tuple[list[Run], list[Skipped]]:
+    """The runs to compare under ``paths`` (:func:`~deepcuts.analysis.runs.collect_runs`), sorted
+    by data, model, ratio, variant, label and seed, and the folders left out with why: unfinished
+    or failed, no masks, a copy of a job already found (same run key), or an older rerun (same
+    data, model, ratio, variant, label and seed; the newest results.json counts). Raises
+    FileNotFoundError for a path that does not exist."""
+    df, unfinished = collect_runs(paths)
+    skipped = [Skipped(Path(path), why) for path, why in unfinished.items()]
+    has_masks = pd.Series([(Path(p) / MASKS).is_file() for p in df["path"]], index=df.index, dtype=bool)
+    skipped += [Skipped(Path(path), f"no {MASKS}") for path in df.loc[~has_masks, "path"]]
+    df = df[has_masks]
+    if df.empty:  # nothing to compare (and identical_jobs_once would drop the columns)
+        return [], sorted(skipped, key=lambda s: str(s.path))
+    once = identical_jobs_once(df)
+    first = {k: p for k, p in zip(once["run_key"], once["path"], strict=True) if isinstance(k, str)}
+    skipped += [Skipped(Path(df.at[i, "path"]), "same job (run key) as", Path(first[df.at[i, "run_key"]]))
+                for i in df.index.difference(once.index)]
+    df = _placed(once)
+    keys = ["data", "model", "ratio", "variant", "label"]
+    kept = latest(df, keys)
+    newest = {(*row_key(r, keys), r["seed"]): r["path"] for r in kept.to_dict("records")}
+    skipped += [Skipped(Path(df.at[i, "path"]), "older rerun of",
+                        Path(newest[(*row_key(df.loc[i], keys), df.at[i, "seed"])]))
+                for i in df.index.difference(kept.index)]
+    runs = [Run(Path(r["path"]), r["results"], heads, r["config"], r["variant"], r["label"])
+            for r in kept.to_dict("records")]
+    return runs, sorted(skipped, key=lambda s: str(s.path))
 
 
 def load_run(folder, heads: int | None = None) -> Run:
+    """The finished run in ``folder`` (read like every run, through
+    :func:`~deepcuts.analysis.runs.collect_runs`); ValueError when it is not one."""
     folder = Path(folder)
-    return Run(folder, json.loads((folder / RESULTS).read_text()), heads)
-
-
-def find_runs(paths: Iterable, heads: int | None = None) -> tuple[list[Run], list[tuple[str, str]]]:
-    """Every ``results.json`` under the paths (searched recursively): usable runs, and skipped
-    folders with the reason (incomplete, no masks, unreadable, duplicate)."""
-    runs, skipped, seen = [], [], {}
-    files = set()
-    for path in map(Path, paths):
-        if not path.exists():
-            skipped.append((str(path), "not found"))
-        elif path.is_dir():
-            files.update(p.resolve() for p in path.rglob(RESULTS))
-    for file in sorted(files):
-        try:
-            run = load_run(file.parent, heads)
-            key = (run.data, run.model, run.ratio, run.seed, run.strategy)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            skipped.append((str(file.parent), f"unreadable results.json ({err})"))
-            continue
-        if run.results.get("status") != "complete":
-            skipped.append((str(file.parent), f"status {run.results.get('status')!r}"))
-        elif not (file.parent / MASKS).is_file():
-            skipped.append((str(file.parent), f"no {MASKS}"))
-        elif key in seen:
-            skipped.append((str(file.parent), f"duplicate of {seen[key]}"))
-        else:
-            seen[key] = str(file.parent)
-            runs.append(run)
-    return runs, skipped
+    df, unfinished = collect_runs([folder])
+    rows = df[pd.Series([Path(p).resolve() == folder.resolve() for p in df["path"]], index=df.index, dtype=bool)]
+    if rows.empty:
+        why = unfinished.get(folder) or next(iter(unfinished.values()), "no run folder")
+        raise ValueError(f"{folder} is not a finished run: {why}")
+    row = rows.iloc[0]
+    return Run(folder, row["results"], heads, row["config"])
 
 
 def compare_runs(run_a, run_b) -> pd.DataFrame:
@@ -303,8 +391,8 @@ def compare_heads(run_a: Run, run_b: Run) -> pd.DataFrame:
 
 
 def _keys(run_a: Run, run_b: Run) -> dict:
-    return {"data": run_a.data, "model": run_a.model, "ratio": run_a.ratio,
-            "seed": run_a.seed, "strategy_a": run_a.strategy, "strategy_b": run_b.strategy}
+    return {"data": run_a.data, "model": run_a.model, "ratio": run_a.ratio, "variant": run_a.variant,
+            "seed": run_a.seed, "strategy_a": run_a.label, "strategy_b": run_b.label}
 
 
 def layer_table(tensors: pd.DataFrame) -> pd.DataFrame:
@@ -314,61 +402,47 @@ def layer_table(tensors: pd.DataFrame) -> pd.DataFrame:
     aggs.update({f"{c}_mean": (c, "mean") for c in ("iou_kept_random", "iou_pruned_random")})
     table = tensors.groupby([*KEYS, "layer"], sort=False).agg(n_tensors=("parameter", "size"), **aggs)
     table = table.reset_index()
-    return table.sort_values([*KEYS, "layer"], key=P.sort_key, kind="stable", ignore_index=True)
+    return table.sort_values([*KEYS, "layer"], key=sort_key, kind="stable", ignore_index=True)
 
 
 def layer_sparsity(run: Run) -> list[dict]:
-    """Kept fraction per layer (all the layer's pruned tensors together) of one run."""
+    """Kept fraction per layer (all the layer's pruned tensors together) of one run; ``strategy``
+    is the run's label."""
     totals: dict[str, list[int]] = {}
     layout = run.layout
     for name, mask in run.masks.items():
         total = totals.setdefault(layer_label(name, layout), [0, 0])
         total[0] += int(mask.sum())
         total[1] += mask.numel()
-    return [{"data": run.data, "model": run.model, "ratio": run.ratio, "seed": run.seed,
-             "strategy": run.strategy, "keep_fraction": run.results.get("keep_fraction"),
+    return [{"data": run.data, "model": run.model, "ratio": run.ratio, "variant": run.variant,
+             "seed": run.seed, "strategy": run.label, "keep_fraction": run.results.get("keep_fraction"),
              "layer": layer, "kept": kept, "numel": n, "kept_fraction": kept / n}
             for layer, (kept, n) in totals.items()]
 
 
-def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, pd.DataFrame], list, list]:
-    """Compare every pair of strategies within each (data, model, ratio, seed): the tables
-    ``tensor_iou``, ``layer_iou``, ``head_iou``, ``layer_sparsity``; the runs and the skipped."""
+def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, pd.DataFrame], list[Run], list[Skipped]]:
+    """Compare every pair of strategy labels within each (data, model, ratio, variant, seed): the
+    tables ``tensor_iou``, ``layer_iou``, ``head_iou``, ``layer_sparsity``; the runs compared and
+    the folders skipped (:func:`find_runs`)."""
     runs, skipped = find_runs(folders, heads)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.data, run.model, run.ratio, run.seed), []).append(run)
+        groups.setdefault((run.data, run.model, run.ratio, run.variant, run.seed), []).append(run)
     tensors, heads_dfs, sparsity = [], [], []
-    for _, members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        members.sort(key=lambda r: r.strategy)
+    for _, members in sorted(groups.items(), key=lambda kv: tuple(map(sort_value, kv[0]))):
+        members.sort(key=lambda r: r.label)
         for run in members:
             sparsity.extend(layer_sparsity(run))
         for run_a, run_b in itertools.combinations(members, 2):
             tensors.append(compare_runs(run_a, run_b))
             heads_dfs.append(compare_heads(run_a, run_b))
         for run in members:
-            run._masks = None  # free the memory before the next group
+            run.release()  # free the memory before the next group
     tensor_df = _concat(tensors, TENSOR_COLUMNS)
     tables = {"tensor_iou": tensor_df, "layer_iou": layer_table(tensor_df),
               "head_iou": _concat(heads_dfs, HEAD_COLUMNS),
-              "layer_sparsity": pd.DataFrame(sparsity)}
+              "layer_sparsity": pd.DataFrame(sparsity, columns=SPARSITY_COLUMNS)}
     return tables, runs, skipped
-
-
-def analyse(folders: Sequence, out, heads: int | None = None) -> dict[str, Path]:
-    """:func:`pair_tables`, written into ``out`` as CSVs, PNGs and ``summary.md``. Returns
-    ``{name: path}`` of the files written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables, runs, skipped = pair_tables(folders, heads)
-    written = {}
-    for name, table in tables.items():
-        written[name] = out / f"{name}.csv"
-        table.to_csv(written[name], index=False)
-    written.update(P.write_plots(tables, out))
-    written["summary"] = out / "summary.md"
-    written["summary"].write_text(P.summary_markdown(tables, runs, skipped, written))
-    return written
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -376,23 +450,66 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mask_analysis", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders or multirun roots (searched recursively)")
-    parser.add_argument("--out", required=True, help="folder for the CSVs, PNGs and summary.md")
-    parser.add_argument("--heads", type=int, default=None,
-                        help="attention heads when results.json lacks num_attention_heads "
-                             "(default: config.yaml's model.config, else 12)")
-    parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to W&B")
-    args = parser.parse_args(argv)
-    for name, path in analyse(args.runs, args.out, args.heads).items():
-        print(f"{name}: {path}")
-    if args.wandb:
-        from deepcuts.analysis.wandb_upload import log_folder
-
-        print(f"logged to W&B: {log_folder(args.out, 'mask-analysis')}")
-    return 0
+# --- summaries over seeds -----------------------------------------------------------------------
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def seed_mean(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Average the per-seed rows over seeds; ``n_seeds`` counts them."""
+    values = [c for c in per_seed.columns if c not in (*keys, "seed")]
+    table = per_seed.groupby(keys, sort=False)[values].mean()
+    table["n_seeds"] = per_seed.groupby(keys, sort=False)["seed"].nunique()
+    return table.reset_index()
+
+
+def pair_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per group and pair: mean IoU over all tensors with random baselines, and the mean / min over
+    layers of the layer-mean kept IoU; per seed, then averaged over seeds (``n_seeds``)."""
+    tensors, layers = tables["tensor_iou"], tables["layer_iou"]
+    if tensors.empty:
+        return pd.DataFrame(columns=[*GROUP, *PAIR, *SUMMARY_STATS, "layer_mean", "layer_min", "n_seeds"])
+    keys = [*GROUP, "seed", *PAIR]
+    means = tensors.groupby(keys, sort=False)[SUMMARY_STATS].mean()
+    by_layer = layers.groupby(keys, sort=False)["iou_kept_mean"]
+    means["layer_mean"], means["layer_min"] = by_layer.mean(), by_layer.min()
+    return seed_mean(means.reset_index(), [*GROUP, *PAIR])
+
+
+def pair_matrix(summary: pd.DataFrame, strategies: list[str], column: str, diagonal=1.0) -> pd.DataFrame:
+    """Strategy x strategy matrix of a :func:`pair_summary` column (symmetric); ``diagonal`` on
+    the diagonal, NaN for pairs not compared."""
+    matrix = pd.DataFrame(math.nan, index=strategies, columns=strategies)
+    for row in summary.itertuples(index=False):
+        a, b, value = row.strategy_a, row.strategy_b, getattr(row, column)
+        matrix.loc[a, b] = matrix.loc[b, a] = value
+    for s in strategies:
+        matrix.loc[s, s] = diagonal
+    return matrix
+
+
+@dataclass
+class KeptGrid:
+    """One (data, model, ratio, variant)'s strategy x strategy kept IoU, averaged over seeds."""
+
+    data: str
+    model: str
+    ratio: float
+    variant: str
+    names: list[str]  # strategy labels, sorted
+    z: list[list[float]]  # kept IoU, mean over tensors per seed, then over seeds; diagonal 1.0,
+    # NaN where the pair was not compared
+    chance: float  # mean kept IoU of two random masks at the same densities over the pairs
+    seeds: int  # the most seeds of any pair
+
+
+def kept_iou_grids(tables: dict[str, pd.DataFrame]) -> list[KeptGrid]:
+    """A :class:`KeptGrid` per group with at least one pair (:func:`pair_tables`' tables),
+    sorted by data, model, ratio and variant."""
+    summary = pair_summary(tables)
+    grids = []
+    for (data, model, ratio, variant), pairs in summary.groupby(GROUP, sort=True):
+        names = sorted(set(pairs["strategy_a"]) | set(pairs["strategy_b"]))
+        grids.append(KeptGrid(
+            data=str(data), model=str(model), ratio=float(ratio), variant=str(variant), names=names,
+            z=pair_matrix(pairs, names, "iou_kept").to_numpy(dtype=float).tolist(),
+            chance=float(pairs["iou_kept_random"].mean()), seeds=int(pairs["n_seeds"].max())))
+    return grids

@@ -12,9 +12,9 @@ in, so unlike runs are never averaged together). The recipe is the run's ``recip
   95% t-interval; with a target per data (``{"cola": 0.85}``) whether the mean reaches it, and
   whether the interval's lower bound does too;
 - the paired difference ``recipe - reference`` of the pruned metric over the seeds both have
-  (same data, model, ratio, strategy, seed: the same dense model and data order), from
-  :func:`deepcuts.analysis.stats.paired`: mean, t and bootstrap 95% intervals, number of pairs;
-  seeds on one side only are named and left out. Like the comparison report, a difference counts
+  (same data, model, ratio, strategy and seed, and the same dense model: the pairing rule of
+  :func:`deepcuts.analysis.compare.pair`): mean, t and bootstrap 95% intervals, number of pairs;
+  seeds left out (one side only, NaN, another dense model) are named with why. Like the comparison report, a difference counts
   as detected only when both intervals exclude 0;
 - masked fine-tuning epochs in all: ``shot_epochs * (shots - 1) + epochs_final``;
 - wall time: the recipe's own work per job (results.json ``timings_s``: ``shots`` + ``pruned``
@@ -26,7 +26,7 @@ in, so unlike runs are never averaged together). The recipe is the run's ``recip
   fine-tune, needed by every recipe alike, is not counted (``experiments/report.py``'s timing
   table has it).
 
-Runs are found and read by :func:`deepcuts.analysis.report.collect_runs` (results.json with
+Runs are found and read by :func:`deepcuts.analysis.runs.collect_runs` (results.json with
 status ``complete`` and the ``config.yaml`` beside it); a folder without a finished results.json
 is skipped with a warning; a rerun (same row and seed) replaces the older run. Reads only the
 outputs contract, never imports torch.
@@ -34,7 +34,6 @@ outputs contract, never imports torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -46,13 +45,13 @@ import numpy as np
 import pandas as pd
 
 from deepcuts.analysis import stats
-from deepcuts.analysis.report import RESULTS, _config_key, _latest, _state, collect_runs, sweep_keys
-from deepcuts.analysis.report_keys import fmt, groups, norm, sort_value
-from deepcuts.analysis.timing import _built, _stage_key
-from deepcuts.cache.store import atomic_path
+from deepcuts.analysis.compare import pair
+from deepcuts.analysis.keys import fmt, groups, norm, sort_value
+from deepcuts.analysis.runs import collect_runs, config_key, latest, stage_key, sweep_keys
+from deepcuts.analysis.timing import builds, built_seconds, seconds
 
-__all__ = ["DEFAULT_REFERENCE", "RecoveryError", "load_runs", "parse_target", "recipe_label",
-           "recovery_table", "write_recovery"]
+__all__ = ["COLUMNS", "DEFAULT_REFERENCE", "LATE", "RecoveryError", "load_runs", "parse_target",
+           "recipe_label", "recovery_table"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ COLUMNS = [
     *CELL, "recipe", "recipe_name", *SIGNATURE, "masked_epochs", "seeds", "seed_list",
     "seeds_nan", "higher_is_better", "pruned_mean", "pruned_std", "pruned_low", "pruned_high",
     "dense_mean", "pct_dense_mean", "pct_dense_low", "pct_dense_high", "reference", "paired_n",
-    "paired_seeds", "unpaired_seeds", "diff_mean", "diff_t_low", "diff_t_high", "diff_boot_low",
+    "paired_seeds", "unpaired_seeds", "left_out", "diff_mean", "diff_t_low", "diff_t_high", "diff_boot_low",
     "diff_boot_high", "covers_zero", "verdict", "target", "target_met", "target_met_lower",
     "own_s_mean", "own_s_runs", "shots_s_mean", "pruned_s_mean", "scoring_s_mean",
     "teacher_s_mean", "rewind_s_mean", "shared_s_mean", "shared_s_seeds",
@@ -114,40 +113,25 @@ def _recipe(config: Mapping | None, res: Mapping) -> dict[str, Any]:
     }
 
 
-def _seconds(timings: Mapping, stage: str) -> float:
-    value = timings.get(stage) if isinstance(timings, Mapping) else None
-    return float(value) if isinstance(value, (int, float)) else math.nan
-
-
-def _builds(res: Mapping) -> list:
-    cache = res.get("cache")
-    return list(cache.get("builds") or []) if isinstance(cache, Mapping) else []
-
-
-def _stage_builds(results: list[dict], stage: str, key) -> dict:
-    """Seconds of a shared stage per key, from the runs whose ``cache.builds`` lists it."""
-    return {key(r): _seconds(r.get("timings_s", {}), stage) for r in results if stage in _builds(r)}
-
-
 def _timings(rows: list[dict]) -> None:
     """Add each run's seconds: own work (``shots`` + ``pruned`` + scoring as built) and the shared
     stages its recipe needs (teacher, rewind replay; as built), NaN where no run built them."""
     results = [r["results"] for r in rows]
-    scores = _built(results, "scores")  # {stage key: seconds}, from the jobs that built them
+    scores = built_seconds(results, "scores")  # {stage key: seconds}, from the jobs that built them
 
     def dense(r: dict):
-        return _stage_key(r, "dense")
+        return stage_key(r, "dense")
 
-    teachers = _stage_builds(results, "teacher", dense)
-    rewinds = _stage_builds(results, "rewind", lambda r: (dense(r), _recipe({}, r)["rewind"]))
+    teachers = built_seconds(results, "teacher", key=dense)
+    rewinds = built_seconds(results, "rewind", key=lambda r: (dense(r), _recipe({}, r)["rewind"]))
     for row in rows:
-        res, timings = row["results"], row["results"].get("timings_s", {})
-        row["shots_s"] = _seconds(timings, "shots") if row["shots"] > 1 else 0.0
-        row["pruned_s"] = _seconds(timings, "pruned")
-        if "scores" in _builds(res):
-            row["scoring_s"] = _seconds(timings, "scoring")
+        res = row["results"]
+        row["shots_s"] = seconds(res, "shots") if row["shots"] > 1 else 0.0
+        row["pruned_s"] = seconds(res, "pruned")
+        if "scores" in builds(res):
+            row["scoring_s"] = seconds(res, "scoring")
         else:
-            row["scoring_s"] = float(scores.get(_stage_key(res, "scores"), math.nan))
+            row["scoring_s"] = float(scores.get(stage_key(res, "scores"), math.nan))
         row["own_s"] = row["shots_s"] + row["pruned_s"] + row["scoring_s"]
         late = str(row["rewind"]).startswith(LATE)
         row["teacher_s"] = teachers.get(dense(res), math.nan) if row["distill_alpha"] else 0.0
@@ -158,7 +142,7 @@ def _timings(rows: list[dict]) -> None:
 def _other_keys(df: pd.DataFrame) -> list[str]:
     """Sweep keys besides the recipe's own: runs that differ in them are separate rows."""
     def recipe_key(col: str) -> bool:
-        key = _config_key(col)
+        key = config_key(col)
         return key in RECIPE_KEYS or key.startswith("distill.")
 
     return [c for c in sweep_keys(df) if not recipe_key(c)]
@@ -182,8 +166,7 @@ def load_runs(folders: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, dict[
     """The complete runs under ``folders`` with their recipe, seconds and results, one per row and
     seed (the newest); and the folders skipped, with why (each also logged as a warning)."""
     folders = [Path(f) for f in folders]
-    df, unfinished = collect_runs(folders)
-    skipped = {p: str(_state(p)) for p in unfinished}
+    df, skipped = collect_runs(folders)
     for path, why in skipped.items():
         log.warning("skipped %s: %s", path, why)
     if df.empty:
@@ -193,14 +176,13 @@ def load_runs(folders: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, dict[
                             f"{where}{more}")
     rows = []
     for row in df.to_dict("records"):
-        res = json.loads((Path(row["path"]) / RESULTS).read_text())
-        rows.append({**row, **_recipe(row["config"], res), "results": res})
+        rows.append({**row, **_recipe(row["config"], row["results"])})
     _timings(rows)
     runs = pd.DataFrame(rows)
     runs["recipe"] = _labels(runs)
     other = _other_keys(df)
     runs.attrs["other_keys"] = other
-    kept = _latest(runs, [*CELL, *other, "recipe"])
+    kept = latest(runs, [*CELL, *other, "recipe"])
     kept.attrs["other_keys"] = other
     kept.attrs["replaced"] = len(runs) - len(kept)
     return kept.reset_index(drop=True), skipped
@@ -286,7 +268,7 @@ def recovery_table(runs: pd.DataFrame, reference: str = DEFAULT_REFERENCE,
         row["dense_mean"] = _mean(dense.values())
         row["pct_dense_mean"] = _mean(pct.values())
         row["pct_dense_low"], row["pct_dense_high"] = stats.t_interval(list(pct.values()))
-        row.update(_paired(part, pruned, references.get(key[:-1], []), reference, higher))
+        row.update(_paired(part, references.get(key[:-1], []), reference, higher))
         target = targets.get(str(first["data"]))
         row["target"] = target if target is not None else math.nan
         row["target_met"] = row["target_met_lower"] = None
@@ -319,10 +301,9 @@ def recovery_table(runs: pd.DataFrame, reference: str = DEFAULT_REFERENCE,
     return table
 
 
-def _paired(part: pd.DataFrame, pruned: dict[int, float], refs: list[pd.DataFrame],
-            reference: str, higher: bool) -> dict[str, Any]:
+def _paired(part: pd.DataFrame, refs: list[pd.DataFrame], reference: str, higher: bool) -> dict[str, Any]:
     empty = {"reference": reference, "paired_n": 0, "paired_seeds": "", "unpaired_seeds": "",
-             "diff_mean": math.nan, "diff_t_low": math.nan, "diff_t_high": math.nan,
+             "left_out": "", "diff_mean": math.nan, "diff_t_low": math.nan, "diff_t_high": math.nan,
              "diff_boot_low": math.nan, "diff_boot_high": math.nan, "covers_zero": None}
     if str(part.iloc[0]["recipe_base"]) == reference:
         return {**empty, "verdict": "reference"}
@@ -333,52 +314,12 @@ def _paired(part: pd.DataFrame, pruned: dict[int, float], refs: list[pd.DataFram
         labels = ", ".join(str(r.iloc[0]["recipe"]) for r in refs)
         return {**empty, "verdict": f"{reference} has runs of several settings here ({labels}): "
                                     "not paired"}
-    p = stats.paired(pruned, _by_seed(refs[0], "pruned"), higher)
-    verdict = p.verdict(str(part.iloc[0]["recipe"]), reference)
-    dense, ref_dense = _dense_keys(part), _dense_keys(refs[0])
-    differ = [s for s in p.seeds if dense.get(s) != ref_dense.get(s)]
-    if differ:  # a seed's runs should share one dense model; else the pairing is not like for like
-        verdict += (f"; seed(s) {', '.join(map(str, differ))}: the two runs came from different "
-                    "dense models")
+    p = pair(part, refs[0], higher_better=higher)  # the recipe's levers never feed the dense model
+    row = p.row(str(part.iloc[0]["recipe"]), reference)
     return {
-        "reference": reference, "paired_n": p.n, "paired_seeds": " ".join(map(str, p.seeds)),
-        "unpaired_seeds": " ".join(map(str, p.unpaired)), "diff_mean": p.mean,
-        "diff_t_low": p.t_low, "diff_t_high": p.t_high, "diff_boot_low": p.boot_low,
-        "diff_boot_high": p.boot_high, "covers_zero": p.covers_zero,
-        "verdict": verdict,
+        "reference": reference, "paired_n": p.n, "paired_seeds": row["paired_seeds"],
+        "unpaired_seeds": row["unpaired_seeds"], "left_out": row["left_out"],
+        "diff_mean": p.stats.mean, "diff_t_low": p.stats.t_low, "diff_t_high": p.stats.t_high,
+        "diff_boot_low": p.stats.boot_low, "diff_boot_high": p.stats.boot_high,
+        "covers_zero": p.stats.covers_zero, "verdict": row["verdict"],
     }
-
-
-def _dense_keys(part: pd.DataFrame) -> dict[int, Any]:
-    """Each seed's dense stage (results.json ``stage_keys``, or data, model, seed)."""
-    return {int(s): _stage_key(r, "dense") for s, r in zip(part["seed"], part["results"], strict=True)}
-
-
-# --- files ----------------------------------------------------------------------------------
-
-
-def write_recovery(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
-                   reference: str = DEFAULT_REFERENCE,
-                   targets: Mapping[str, float] | None = None, command: str | None = None,
-                   echo: bool = True) -> dict[str, Any]:
-    """Write ``recovery.md`` and ``recovery.csv`` under ``out`` (each atomically; nothing when a
-    :class:`RecoveryError` is raised), print the Markdown (``echo``) and return
-    ``{"markdown", "csv": Path, "table", "runs": DataFrame, "skipped": {Path: why}, "text": str}``.
-    """
-    from deepcuts.analysis.recovery_markdown import recovery_markdown  # it builds on this module
-
-    folders = [Path(f) for f in folders]
-    runs, skipped = load_runs(folders)
-    table = recovery_table(runs, reference, targets)
-    text = recovery_markdown(table, runs, folders=folders, skipped=skipped, command=command,
-                             targets=targets)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv = table.drop(columns=["needs_shared"]).to_csv(index=False)
-    for name, content in (("recovery.csv", csv), ("recovery.md", text)):
-        with atomic_path(out / name) as tmp:  # never half a file
-            tmp.write_text(content, encoding="utf-8")
-    if echo:
-        print(text, end="", flush=True)
-    return {"markdown": out / "recovery.md", "csv": out / "recovery.csv", "table": table,
-            "runs": runs, "skipped": skipped, "text": text}

@@ -21,7 +21,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from deepcuts.analysis import stats
-from deepcuts.analysis.report_keys import _metric_names
+from deepcuts.analysis.keys import metric_names
 
 CONFIG = "config.yaml"  # the resolved config a run writes beside results.json
 
@@ -187,20 +187,22 @@ def _reference(data: str, spec: dict, metrics: Sequence[str]) -> Reference:
         if not mine:
             continue
         path = folder / str(file)
+        shown = (Path(str(spec.get("folder") or "")) / str(file)).as_posix()  # under data.root
         name = f"dev set `{prefix[:-1]}`" if prefix else "dev set"
         if not path.is_file():
-            ref.notes.append(f"No reference line for the {name}: its file `{path}` is not on "
-                             "this machine (set data.root or $GLUE_DIR to the GLUE folder).")
+            ref.notes.append(f"No reference line for the {name}: its file `{shown}` is not under "
+                             "data.root on this machine (set data.root or $GLUE_DIR to the GLUE "
+                             "folder).")
             continue
         try:
             scores, what = _constant_scores(_dev_labels(path, spec), task, mine)
         except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
-            ref.notes.append(f"No reference line for the {name}: `{path}` could not be read "
-                             f"({err}).")
+            ref.notes.append(f"No reference line for the {name}: `{shown}` could not be read "
+                             f"({str(err).replace(str(path), shown)}).")
             continue
         if scores:
             ref.values.update(scores)
-            ref.lines.append(f"{what} in `{path}`" + (f" ({prefix[:-1]})" if prefix else "")
+            ref.lines.append(f"{what} in `{shown}`" + (f" ({prefix[:-1]})" if prefix else "")
                              + ": " + _scores_text(scores, task))
     return ref
 
@@ -216,7 +218,7 @@ def dev_references(runs: pd.DataFrame) -> dict[str, list[Reference]]:
         return out
     for data, part in runs.groupby(runs["data"].astype(str), sort=True):
         monitors = sorted(part["metric"].astype(str).unique())
-        found = _metric_names([c for c in part.columns if part[c].notna().any()], "pruned")
+        found = metric_names([c for c in part.columns if part[c].notna().any()], "pruned")
         metrics = [*monitors, *sorted((m for m in found if m not in monitors),  # as the tables
                                       key=lambda m: ("/" in m, not stats.higher_is_better(m), m))]
         specs: dict[str, dict] = {}

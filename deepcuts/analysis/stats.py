@@ -21,6 +21,7 @@ CONFIDENCE = 0.95
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss")
+EQUAL_TOLERANCE = 1e-12  # relative: per-seed differences closer than this are equal
 
 
 def higher_is_better(metric: str, mode: str | None = None) -> bool:
@@ -100,9 +101,16 @@ class Paired:
         return len(self.seeds)
 
     @property
+    def constant(self) -> bool:
+        """Whether every paired seed has the same difference (2 seeds or more): zero variance,
+        so no interval can be given (a t-interval would have width 0)."""
+        return self.n >= 2 and max(self.diffs) - min(self.diffs) <= EQUAL_TOLERANCE * max(1.0, abs(self.mean))
+
+    @property
     def covers_zero(self) -> bool | None:
-        """True when either 95% interval contains 0 (no difference detected); None without one."""
-        if self.n < 2:
+        """True when either 95% interval contains 0 (no difference detected); None without one
+        (fewer than 2 seeds, or all seeds equal)."""
+        if self.n < 2 or self.constant:
             return None
         return bool(self.t_low <= 0 <= self.t_high or self.boot_low <= 0 <= self.boot_high)
 
@@ -119,6 +127,13 @@ class Paired:
             return "no seed in common with the baseline: not paired"
         if self.n == 1:
             return "1 paired seed: no interval (needs at least 2)"
+        if self.constant:
+            if self.mean == 0:
+                return f"all seeds equal: no difference in any of the {_seeds(self.seeds)} (zero variance, no interval)"
+            better = (self.mean > 0) == self.higher_better
+            return (f"all seeds equal: {method} {'better' if better else 'worse'} by exactly "
+                    f"{self.mean:+.4g} in each of the {_seeds(self.seeds)} (zero variance, no interval; "
+                    "not a detected difference)")
         if self.covers_zero:
             text = f"the 95% interval covers 0: no difference detected with {_seeds(self.seeds)}"
             t_covers = self.t_low <= 0 <= self.t_high
@@ -146,7 +161,7 @@ def paired(method: Mapping[int, float], baseline: Mapping[int, float],
     if diffs:
         out.mean = float(np.mean(diffs))
         out.wins = count_wins(diffs, higher_better)
-    if len(diffs) >= 2:
+    if len(diffs) >= 2 and not out.constant:
         out.t_low, out.t_high = t_interval(diffs)
         out.boot_low, out.boot_high = bootstrap_interval(diffs)
     return out

@@ -1,9 +1,6 @@
-"""Group keys and their values for the comparison report: a key a run has no value for, a total
-order over mixed sweep values, a value's table text, rows grouped by keys, and which keys a
-table or plot shows.
-
-Shared by :mod:`deepcuts.analysis.report` (statistics), :mod:`~deepcuts.analysis.report_markdown`
-and :mod:`~deepcuts.analysis.report_plots`; it imports none of them.
+"""Group keys and their values, for every analysis: a key a run has no value for, a total order
+over mixed sweep values, a value's table text, rows grouped by keys, and which keys a table or
+plot shows. It imports no other analysis module but :mod:`deepcuts.analysis.stats`.
 """
 
 from __future__ import annotations
@@ -15,6 +12,9 @@ from typing import Any
 import pandas as pd
 
 from deepcuts.analysis.stats import higher_is_better
+
+__all__ = ["HIDDEN_METRICS", "MISSING", "NONE", "PHASES", "fmt", "groups", "metric_column",
+           "metric_names", "norm", "row_key", "shown_keys", "shown_metrics", "sort_value"]
 
 PHASES = ("pruned", "pruned_last", "dense", "dense_last")  # selected / last epoch, after / before
 NONE = "—"  # a sweep key a run has no value for (no config.yaml, or an older config)
@@ -104,7 +104,7 @@ def metric_column(part: pd.DataFrame, phase: str, metric: str, stat: str = "mean
     return f"{phase}_{stat}"
 
 
-def _metric_names(columns: Iterable[str], phase: str) -> list[str]:
+def metric_names(columns: Iterable[str], phase: str) -> list[str]:
     """Metric names of one phase among ``<phase>_<m>`` columns (``pruned_last_x`` is not a
     ``pruned`` metric)."""
     longer = [p for p in PHASES if p != phase and p.startswith(phase + "_")]

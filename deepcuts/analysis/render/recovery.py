@@ -1,19 +1,25 @@
-"""The recovery table as Markdown (:mod:`deepcuts.analysis.recovery` computes it): one section per
-data with its seeds, machine and the commands that made the runs, the table, and the paired
-differences in words ("no difference detected" when an interval covers 0)."""
+"""The recovery table's files (:mod:`deepcuts.analysis.recovery` computes it): ``recovery.md``, one
+section per data with its seeds, machine and the commands that made the runs, the table, and the
+paired differences in words ("no difference detected" when an interval covers 0), and
+``recovery.csv``. Paths are printed relative to the output folder."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from deepcuts.analysis.recovery import DEFAULT_REFERENCE, LATE
-from deepcuts.analysis.report_keys import fmt
+from deepcuts.analysis.keys import fmt
+from deepcuts.analysis.recovery import DEFAULT_REFERENCE, LATE, load_runs, recovery_table
+from deepcuts.analysis.runs import shown_path
+from deepcuts.cache.store import atomic_path
+
+__all__ = ["recovery_markdown", "write_recovery"]
 
 
 def _num(value: Any, digits: int = 3, sign: bool = False) -> str:
@@ -98,6 +104,15 @@ def _machine(res: Mapping) -> str:
             f"{m.get('torch_threads', '?')} torch thread(s)")
 
 
+def _override(text: str) -> str:
+    """A command-line override as a report shows it: an absolute path value (``cache_dir=/x/y``)
+    keeps only its last part (``cache_dir=…/y``), so no machine's paths are printed."""
+    key, sep, value = str(text).partition("=")
+    if sep and os.path.isabs(value):
+        return f"{key}=…/{Path(value).name}"
+    return str(text)
+
+
 def _sweep_command(run: Path) -> str | None:
     """The command that made a run: its sweep's ``multirun.yaml`` (``python train.py -m`` with the
     command line's overrides), else the run's own ``.hydra/overrides.yaml``."""
@@ -107,10 +122,10 @@ def _sweep_command(run: Path) -> str | None:
             hydra = (yaml.safe_load(sweep.read_text()) or {}).get("hydra", {})
             task = hydra.get("overrides", {}).get("task", [])
             name = hydra.get("job", {}).get("name", "train")
-            return " ".join([f"python {name}.py -m", *map(str, task)])
+            return " ".join([f"python {name}.py -m", *map(_override, task)])
         own = run / ".hydra" / "overrides.yaml"
         if own.is_file():
-            return " ".join(["python train.py", *map(str, yaml.safe_load(own.read_text()) or [])])
+            return " ".join(["python train.py", *map(_override, yaml.safe_load(own.read_text()) or [])])
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return None
@@ -133,16 +148,20 @@ def _header(other: Sequence[str], metric: str, reference: str, target: float | N
 
 def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Sequence[Path] = (),
                       skipped: Mapping[Path, str] | None = None, command: str | None = None,
-                      targets: Mapping[str, float] | None = None) -> str:
+                      targets: Mapping[str, float] | None = None, out: Path | None = None) -> str:
     """The table as Markdown: a section per data with its seeds, machine and sweep command, the
-    rows, the paired verdicts in words, then the folders skipped."""
+    rows, the paired verdicts in words, then the folders skipped; paths relative to ``out``
+    (default: the working folder)."""
+    base = Path(out) if out is not None else Path.cwd()
     reference = table.attrs.get("reference", DEFAULT_REFERENCE)
     other = list(table.attrs.get("other_keys", []))
     targets = dict(targets or {})
     lines = ["# Recovery at high sparsity: recipes against the single shot", ""]
     if command:
-        lines += [f"Made by `{command}`.", ""]
-    where = ", ".join(f"`{f}`" for f in folders)
+        shown = " ".join(shown_path(t, base) if os.path.isabs(t) else _override(t)
+                         for t in command.split())
+        lines += [f"Made by `{shown}`.", ""]
+    where = ", ".join(f"`{shown_path(f, base)}`" for f in folders)
     replaced = runs.attrs.get("replaced", 0)
     lines += [
         f"{len(runs)} complete run(s){' under ' + where if where else ''}"
@@ -152,7 +171,7 @@ def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Seque
         f"over seeds, mean and 95% Student-t interval; `% of dense` is the mean over seeds of "
         f"pruned / dense (same seed, same dense model); `Δ` is the paired difference to "
         f"`{reference}` of the same data, model, ratio, strategy and seed, over the seeds both "
-        f"have (95% t-interval; \"no difference detected\" when the t or the bootstrap interval "
+        f"have and that came from the same dense model (95% t-interval; \"no difference detected\" when the t or the bootstrap interval "
         f"covers 0: neither recipe wins). `own s/job`: k-shot rounds + masked fine-tune + scoring "
         f"(as built), mean seconds per job; `shared builds s/seed`: the one-off stages a recipe "
         f"adds per dense model (teacher outputs, rewind replay), counted only from a run that "
@@ -185,7 +204,7 @@ def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Seque
             commands[cmd] = commands.get(cmd, 0) + 1
         for cmd, n in sorted(commands.items()):
             lines.append(f"- Runs made by `{cmd}` ({n} run(s)).")
-        sweeps = sorted({str(Path(p).parent) for p in data_runs["path"]})
+        sweeps = sorted({shown_path(Path(p).parent, base) for p in data_runs["path"]})
         lines.append("- Run folders under: " + ", ".join(f"`{s}`" for s in sweeps) + ".")
         lines.append("")
         mixed = [k for k in ("ratio_basis", "selection") if part[k].astype(str).nunique() > 1]
@@ -216,6 +235,32 @@ def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Seque
         lines.append("")
     if skipped:
         lines += ["## Skipped run folders", ""]
-        lines += [f"- `{path}`: {why}" for path, why in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
+        lines += [f"- `{shown_path(path, base)}`: {why}"
+                  for path, why in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
         lines.append("")
     return "\n".join(lines)
+
+
+def write_recovery(folders: Iterable[str | os.PathLike], out: str | os.PathLike,
+                   reference: str = DEFAULT_REFERENCE,
+                   targets: Mapping[str, float] | None = None, command: str | None = None,
+                   echo: bool = True) -> dict[str, Any]:
+    """Write ``recovery.md`` and ``recovery.csv`` under ``out`` (each atomically; nothing when a
+    :class:`deepcuts.analysis.recovery.RecoveryError` is raised), print the Markdown (``echo``)
+    and return ``{"markdown", "csv": Path, "table", "runs": DataFrame, "skipped": {Path: why},
+    "text": str}``."""
+    folders = [Path(f) for f in folders]
+    out = Path(out)
+    runs, skipped = load_runs(folders)
+    table = recovery_table(runs, reference, targets)
+    text = recovery_markdown(table, runs, folders=folders, skipped=skipped, command=command,
+                             targets=targets, out=out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = table.drop(columns=["needs_shared"]).to_csv(index=False)
+    for name, content in (("recovery.csv", csv), ("recovery.md", text)):
+        with atomic_path(out / name) as tmp:  # never half a file
+            tmp.write_text(content, encoding="utf-8")
+    if echo:
+        print(text, end="", flush=True)
+    return {"markdown": out / "recovery.md", "csv": out / "recovery.csv", "table": table,
+            "runs": runs, "skipped": skipped, "text": text}

@@ -1,40 +1,46 @@
 """The comparison report as Markdown (``report.md``): per data set the methods and the sanity
 controls (mean ± std over seeds), the paired differences against the baselines with their
-intervals and verdicts, and the unfinished or failed runs.
+intervals and verdicts, the sections paired across one key (``--pair-by``), the end-to-end time
+per run, and the unfinished or failed runs.
 
-It renders the tables :mod:`deepcuts.analysis.report` computed; nothing is computed here.
+It renders the tables :mod:`deepcuts.analysis.summary`, :mod:`deepcuts.analysis.compare` and
+:mod:`deepcuts.analysis.timing` computed; nothing is computed here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from deepcuts.analysis import stats
-from deepcuts.analysis.report_keys import (
+from deepcuts.analysis.keys import (
     HIDDEN_METRICS,
     NONE,
     fmt,
+    groups,
     metric_column,
     shown_keys,
     shown_metrics,
 )
 
+__all__ = ["DEV_FLAG", "render_markdown", "render_paired_across", "timing_markdown",
+           "unfinished_markdown"]
+
 DEV_FLAG = "selected on the reported set"
 
 
 def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequence[str],
-                    sweep: Sequence[str], baselines: Sequence[str], folders: Sequence[Path],
-                    unfinished: dict[Path, str], n_runs: int, n_dupes: int,
+                    sweep: Sequence[str], baselines: Sequence[str], folders: Sequence[str],
+                    unfinished: dict[str, str], n_runs: int, n_dupes: int,
                     references: dict[str, list[Any]] | None = None) -> str:
-    """The report's text. ``keys``: the group keys, ``sweep``: the sweep keys among them,
-    ``unfinished``: each unfinished or failed run and why it does not count, ``n_runs``: the
-    runs counted, ``n_dupes``: older duplicate runs ignored, ``references``: per data set the
-    constant predictor's dev scores (:class:`deepcuts.analysis.reference.Reference`), a line under
-    each table."""
+    """The report's text up to the paired differences. ``keys``: the group keys, ``sweep``: the
+    sweep keys among them, ``folders``: the run folders as the report shows them,
+    ``unfinished``: each unfinished or failed run (as shown) and why it does not count,
+    ``n_runs``: the runs counted, ``n_dupes``: older duplicate runs ignored, ``references``: per
+    data set the constant predictor's dev scores (:class:`deepcuts.analysis.reference.Reference`),
+    a line under each table. :func:`unfinished_markdown` ends the report."""
     references = references or {}
     where = ", ".join(f"`{f}`" for f in folders)
     lines = ["# DeepCuts comparison report", ""]
@@ -74,7 +80,10 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
                   f"95% percentile bootstrap ({stats.RESAMPLES:,} resamples, seed "
                   f"{stats.BOOTSTRAP_SEED}) and the seeds the method wins (strictly better; "
                   "lower is better for mse/loss). A difference is detected only when both "
-                  "intervals exclude 0. A `shuffled_<x>` control is also paired with `<x>`, the "
+                  "intervals exclude 0; when every seed gives the same difference there is no "
+                  "interval (\"all seeds equal\"). Two runs of a seed are paired only when they "
+                  "came from the same dense model (results.json `stage_keys.dense`); a seed left "
+                  "out is named with why. A `shuffled_<x>` control is also paired with `<x>`, the "
                   "method whose masks it shuffles.", ""]
         tested = int((paired["covers_zero"].notna()).sum()) if not paired.empty else 0
         if tested:
@@ -90,8 +99,12 @@ def render_markdown(summary: pd.DataFrame, paired: pd.DataFrame, *, keys: Sequen
     for data, part in paired.groupby("data", sort=True):
         metric = ", ".join(sorted(part["metric"].astype(str).unique()))
         lines += [f"### {data} ({metric}): paired differences", ""] + _paired_section(part, keys)
+    return "\n".join(lines) + "\n"
 
-    lines += [f"## Unfinished or failed runs ({len(unfinished)})", ""]
+
+def unfinished_markdown(unfinished: dict[str, str]) -> str:
+    """The report's last section: each unfinished or failed run (as shown) and why."""
+    lines = [f"## Unfinished or failed runs ({len(unfinished)})", ""]
     lines += [f"- `{p}`: {why}" for p, why in unfinished.items()] or ["None."]
     return "\n".join(lines) + "\n"
 
@@ -218,3 +231,88 @@ def _selection(value: Any) -> str:
 def _table(head: list[str], align: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|",
             *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+# --- paired across one key (--pair-by) --------------------------------------------------------
+
+
+def render_paired_across(table: pd.DataFrame, key: str, reference: str, col: str) -> str:
+    """The section "## Paired across `key` (reference `reference`)" of report.md: per data set
+    a table like the paired differences'. ``col``: the key's column in ``table``."""
+    prefix = (key.rpartition(".")[0] or key) + ".*"
+    variants = not table.empty and bool(
+        (table[["variant", "baseline_variant"]].astype(str) != "").any(axis=None))
+    lines = [f"## Paired across `{key}` (reference `{reference}`)", "",
+             f"Per seed, the pruned metric at the selected epoch of the runs with another `{key}` "
+             f"minus that of the runs with `{key}={reference}` and everything else equal (data, "
+             "model, strategy, ratio, selection, every other sweep key), over the seeds both "
+             "have and, unless the key feeds the dense fine-tune, came from the same dense model"
+             + (f"; `{prefix}` settings that only some values of `{key}` have are shown as the "
+                "variant and do not block pairing" if variants else "")
+             + ". Mean, 95% t-interval, 95% bootstrap and wins (this value better) as in the "
+             "paired differences; achieved ratio: this value's mean vs the reference's over the "
+             "paired seeds; 0 seeds: no reference run with these settings.", ""]
+    if table.empty:
+        return "\n".join([*lines, "No pairs: no run has another value of the key beside a "
+                          "reference run.", ""]) + "\n"
+    cell = list(table.columns[:list(table.columns).index(col)])  # the columns before the key
+    for data, part in table.groupby("data", sort=True):
+        metric = ", ".join(sorted(part["metric"].astype(str).unique()))
+        lines += [f"### {data} ({metric}): paired across `{key}`", ""]
+        lines += _across_section(part, cell, col, key)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _across_section(part: pd.DataFrame, cell: Sequence[str], col: str, key: str) -> list[str]:
+    head, align, ident = _row_head(part, cell)
+    variant = bool((part["variant"].astype(str) != "").any())
+    head += [f"`{key}`", *(["variant"] if variant else []), "reference", "achieved ratio",
+             "seeds", "mean diff", "95% t-interval", "95% bootstrap", "wins", "verdict"]
+    align += ["---"] * (2 + variant) + ["---:"] * 3 + ["---"] * 2 + ["---:", "---"]
+    lines = _dev_note(part)
+    for title, rows in _split(part):
+        if rows.empty:
+            continue
+        cells = []
+        for _, r in rows.iterrows():
+            cells.append([*ident(r), fmt(r[col]), *([str(r["variant"])] if variant else []),
+                          _reference_name(r), _ratios(r), *_paired_cells(r)])
+        lines += [f"#### {title}", ""] + _table(head, align, cells)
+    return lines
+
+
+def _ratios(r: Any) -> str:
+    a, b = r["achieved_ratio_mean"], r["baseline_achieved_ratio_mean"]
+    return "n/a" if pd.isna(a) or pd.isna(b) else f"{a:.2f} vs {b:.2f}"
+
+
+# --- end-to-end time ---------------------------------------------------------------------------
+
+
+def _minutes(seconds: pd.Series) -> str:
+    values = pd.to_numeric(seconds, errors="coerce") / 60
+    if values.isna().any():
+        return "n/a"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+
+
+def timing_markdown(times: pd.DataFrame, keys: Sequence[str]) -> str:
+    """Per report group (``keys``: the group keys), mean ± sd over seeds of each stage's minutes
+    (:func:`deepcuts.analysis.timing.stage_times`)."""
+    if times.empty:
+        return "No complete runs.\n"
+    lines = []
+    for data, part in times.groupby("data", sort=True):
+        head, align, ident = _row_head(part, keys)
+        head = ["data", *head, "seeds", "dense", "scoring", "masked fine-tune", "end-to-end (min)"]
+        align = ["---", *align, "---:", "---:", "---:", "---:", "---:"]
+        cells = []
+        for rows in groups(part, keys).values():  # in the order the computation sorted them
+            first = rows.iloc[0]
+            skipped = " (skipped)" if rows["dense_skipped"].astype(bool).all() else ""
+            cells.append([str(data), *ident(first), str(len(rows)),
+                          _minutes(rows["dense_s"]) + skipped, _minutes(rows["scoring_s"]),
+                          _minutes(rows["pruned_s"]), _minutes(rows["end_to_end_s"])])
+        lines += _table(head, align, cells)
+    return "\n".join(lines)
+

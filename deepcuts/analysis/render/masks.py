@@ -1,14 +1,21 @@
-"""Figures and the Markdown summary of :mod:`deepcuts.analysis.mask_iou`.
+"""Figures, ``summary.md`` and the command line of the mask analysis
+(:mod:`deepcuts.analysis.mask_iou` computes it).
 
 Uses matplotlib's Agg canvas through the object API (no pyplot, no global backend switch). Every
 figure averages over seeds: a number is first computed per seed, then the seeds are averaged.
 Files are named ``<kind>_<data>_r<ratio>...png``; when the runs span several models the model is
-added to the data name (``<data>-<model>``) so the files of different models never collide.
+added to the data name (``<data>-<model>``) so the files of different models never collide, and a
+variant (the sweep values the runs share, e.g. ``structure.kind=none``) is appended to the ratio.
+Paths of run folders are printed relative to the output folder.
+
+Usage: ``python -m deepcuts.analysis.render.masks RUN_FOLDERS... --out OUT [--heads N] [--wandb]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +23,21 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-GROUP = ["data", "model", "ratio"]
-PAIR = ["strategy_a", "strategy_b"]
+from deepcuts.analysis.mask_iou import (
+    GROUP,
+    PAIR,
+    Skipped,
+    layer_order,
+    pair_matrix,
+    pair_summary,
+    pair_tables,
+    seed_mean,
+    sort_key,
+)
+from deepcuts.analysis.runs import shown_path
+
 _ANNOTATE_MAX = 400  # cells; beyond this a heatmap is left unannotated
-
-
-def layer_order(label) -> float:
-    """Encoder layers by number, then the pooler, then anything else."""
-    text = str(label)
-    return float(text) if text.isdigit() else (1e6 if text == "pooler" else 1e6 + 1)
-
-
-def sort_key(column: pd.Series) -> pd.Series:
-    """``sort_values`` key: layers in model order, every other column as it is."""
-    return column.map(layer_order) if column.name == "layer" else column
+KINDS = ("heatmap_mean", "heatmap_min", "layers", "sparsity")  # one figure each per group
 
 
 def _safe(text) -> str:
@@ -37,34 +45,21 @@ def _safe(text) -> str:
 
 
 def group_tags(sparsity: pd.DataFrame) -> dict[tuple, str]:
-    """``(data, model, ratio) -> "<data>_r<ratio>"`` (``<data>-<model>`` with several models)."""
+    """``(data, model, ratio, variant) -> "<data>_r<ratio>[_<variant>]"`` (``<data>-<model>`` with
+    several models; the variant sanitised, left out when empty)."""
     if sparsity.empty:
         return {}
     several = sparsity["model"].nunique() > 1
-    return {
-        (data, model, ratio): f"{_safe(data)}{'-' + _safe(model) if several else ''}_r{ratio:g}"
-        for data, model, ratio in sparsity[GROUP].drop_duplicates().itertuples(index=False)
-    }
+    tags = {}
+    for data, model, ratio, variant in sparsity[GROUP].drop_duplicates().itertuples(index=False):
+        tag = f"{_safe(data)}{'-' + _safe(model) if several else ''}_r{ratio:g}"
+        tags[(data, model, ratio, variant)] = f"{tag}_{_safe(variant)}" if variant else tag
+    return tags
 
 
-def _seed_mean(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Average the per-seed rows over seeds; ``n_seeds`` counts them."""
-    values = [c for c in per_seed.columns if c not in (*keys, "seed")]
-    table = per_seed.groupby(keys, sort=False)[values].mean()
-    table["n_seeds"] = per_seed.groupby(keys, sort=False)["seed"].nunique()
-    return table.reset_index()
-
-
-def pair_summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per group and pair: mean IoU over all tensors with random baselines, and the mean / min over
-    layers of the layer-mean kept IoU; per seed, then averaged over seeds."""
-    tensors, layers = tables["tensor_iou"], tables["layer_iou"]
-    cols = ["iou_kept", "iou_kept_random", "iou_pruned", "iou_pruned_random"]
-    keys = [*GROUP, "seed", *PAIR]
-    means = tensors.groupby(keys, sort=False)[cols].mean()
-    by_layer = layers.groupby(keys, sort=False)["iou_kept_mean"]
-    means["layer_mean"], means["layer_min"] = by_layer.mean(), by_layer.min()
-    return _seed_mean(means.reset_index(), [*GROUP, *PAIR])
+def _title(group: tuple) -> str:
+    data, model, ratio, variant = group
+    return f"{data} · {model} · ratio {ratio:g}" + (f" · {variant}" if variant else "")
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -99,20 +94,10 @@ def heatmap(matrix: pd.DataFrame, path: Path, title: str, chance: pd.DataFrame |
     return _save(fig, path)
 
 
-def _pair_matrix(summary: pd.DataFrame, strategies: list[str], column: str, diagonal=1.0):
-    matrix = pd.DataFrame(np.nan, index=strategies, columns=strategies)
-    for row in summary.itertuples(index=False):
-        a, b, value = row.strategy_a, row.strategy_b, getattr(row, column)
-        matrix.loc[a, b] = matrix.loc[b, a] = value
-    for s in strategies:
-        matrix.loc[s, s] = diagonal
-    return matrix
-
-
 def layer_lines(layers: pd.DataFrame, path: Path, title: str) -> Path:
     """IoU vs layer, one line per pair, its random baseline dashed; kept (left), pruned (right)."""
     cols = ["iou_kept_mean", "iou_kept_random_mean", "iou_pruned_mean", "iou_pruned_random_mean"]
-    per_pair = _seed_mean(layers[[*PAIR, "layer", "seed", *cols]], [*PAIR, "layer"])
+    per_pair = seed_mean(layers[[*PAIR, "layer", "seed", *cols]], [*PAIR, "layer"])
     labels = sorted(per_pair["layer"].unique(), key=layer_order)
     x = {label: i for i, label in enumerate(labels)}
     fig = Figure(figsize=(12, 4.5))
@@ -132,7 +117,7 @@ def layer_lines(layers: pd.DataFrame, path: Path, title: str) -> Path:
 
 def head_heatmap(heads: pd.DataFrame, path: Path, title: str) -> Path:
     """Layer x head heatmap of the kept IoU of each head's weights."""
-    grid = _seed_mean(heads[["layer", "head", "seed", "iou_kept", "iou_kept_random"]], ["layer", "head"])
+    grid = seed_mean(heads[["layer", "head", "seed", "iou_kept", "iou_kept_random"]], ["layer", "head"])
     values = grid.pivot(index="layer", columns="head", values="iou_kept").sort_index()
     fig = Figure(figsize=(2.5 + 0.55 * values.shape[1], 1.5 + 0.4 * values.shape[0]))
     ax = fig.add_subplot()
@@ -149,7 +134,7 @@ def head_heatmap(heads: pd.DataFrame, path: Path, title: str) -> Path:
 
 def sparsity_lines(sparsity: pd.DataFrame, path: Path, title: str) -> Path:
     """Kept fraction per layer, one line per strategy; dotted: the run's overall keep fraction."""
-    per = _seed_mean(sparsity[["strategy", "layer", "seed", "kept_fraction"]], ["strategy", "layer"])
+    per = seed_mean(sparsity[["strategy", "layer", "seed", "kept_fraction"]], ["strategy", "layer"])
     labels = sorted(per["layer"].unique(), key=layer_order)
     x = {label: i for i, label in enumerate(labels)}
     fig = Figure(figsize=(8, 4.5))
@@ -167,15 +152,20 @@ def sparsity_lines(sparsity: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def _pick(table: pd.DataFrame, data, model, ratio) -> pd.DataFrame:
-    return table[(table["data"] == data) & (table["model"] == model) & (table["ratio"] == ratio)]
+def _pick(table: pd.DataFrame, data, model, ratio, variant) -> pd.DataFrame:
+    return table[(table["data"] == data) & (table["model"] == model) & (table["ratio"] == ratio)
+                 & (table["variant"] == variant)]
+
+
+def _head_stem(tag: str, a: str, b: str) -> str:
+    return f"heads_{tag}_{_safe(a)}_vs_{_safe(b)}"
 
 
 def write_plots(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, Path]:
-    """Every PNG of every (data, model, ratio) group; returns ``{file stem: path}``."""
+    """Every PNG of every (data, model, ratio, variant) group; returns ``{file stem: path}``."""
     written, summary = {}, pair_summary(tables)
     for group, tag in group_tags(tables["layer_sparsity"]).items():
-        title = "{} · {} · ratio {:g}".format(*group)
+        title = _title(group)
         sparsity = _pick(tables["layer_sparsity"], *group)
         written[f"sparsity_{tag}"] = sparsity_lines(sparsity, out / f"sparsity_{tag}.png", title)
         pairs = _pick(summary, *group)
@@ -183,47 +173,51 @@ def write_plots(tables: dict[str, pd.DataFrame], out: Path) -> dict[str, Path]:
             continue
         strategies = sorted(sparsity["strategy"].unique())
         for kind, column in (("mean", "layer_mean"), ("min", "layer_min")):
-            chance = _pair_matrix(pairs, strategies, "iou_kept_random") if kind == "mean" else None
+            chance = pair_matrix(pairs, strategies, "iou_kept_random") if kind == "mean" else None
             stem = f"heatmap_{kind}_{tag}"
-            written[stem] = heatmap(_pair_matrix(pairs, strategies, column), out / f"{stem}.png",
+            written[stem] = heatmap(pair_matrix(pairs, strategies, column), out / f"{stem}.png",
                                     f"{title}: {kind} over layers of layer-mean kept IoU", chance)
         written[f"layers_{tag}"] = layer_lines(_pick(tables["layer_iou"], *group),
                                                out / f"layers_{tag}.png", title)
         for (a, b), rows in _pick(tables["head_iou"], *group).groupby(PAIR, sort=True):
-            stem = f"heads_{tag}_{_safe(a)}_vs_{_safe(b)}"
+            stem = _head_stem(tag, a, b)
             written[stem] = head_heatmap(rows, out / f"{stem}.png", f"{title}: {a} vs {b}")
     return written
 
 
-def _figures(written: dict[str, Path], tag: str) -> list[str]:
-    kinds = ("heatmap_mean", "heatmap_min", "layers", "sparsity")
-    return [path.name for stem, path in written.items()
-            if stem in {f"{kind}_{tag}" for kind in kinds} or stem.startswith(f"heads_{tag}_")]
+def _figures(written: dict[str, Path], tables: dict[str, pd.DataFrame], group: tuple, tag: str) -> list[str]:
+    """The file names of one group's figures (named, not matched by prefix: a tag can begin
+    another group's tag)."""
+    heads = _pick(tables["head_iou"], *group)[PAIR].drop_duplicates()
+    stems = [f"{kind}_{tag}" for kind in KINDS]
+    stems += [_head_stem(tag, a, b) for a, b in sorted(heads.itertuples(index=False))]
+    return [written[stem].name for stem in stems if stem in written]
 
 
 def _fmt(value: float, digits: int = 3) -> str:
     return "—" if pd.isna(value) else f"{value:.{digits}f}"
 
 
-def summary_markdown(tables: dict[str, pd.DataFrame], runs: list, skipped: list, written: dict) -> str:
+def summary_markdown(tables: dict[str, pd.DataFrame], runs: list, skipped: list[Skipped],
+                     written: dict, out: Path) -> str:
     """For each group a table of strategy pairs: kept and pruned IoU next to their random
-    baselines, kept IoU as a multiple of chance, and the layer figures' file names."""
+    baselines, kept IoU as a multiple of chance, and the layer figures' file names; then the
+    skipped folders (paths relative to ``out``)."""
     lines = [
         "# Mask similarity between pruning strategies", "",
         "Kept IoU = |A∩B| / |A∪B| of two runs' kept weights; pruned IoU is the same for the pruned "
         "weights (the paper's number). *random* is the expected IoU of two random masks at the same "
         "densities, pq / (p + q − pq) (pruned: at 1 − p, 1 − q); *× chance* = IoU / random. Means are "
         "unweighted over the pruned tensors, computed per seed, then averaged over seeds; *min layer* "
-        "is the lowest layer-mean kept IoU.", "",
+        "is the lowest layer-mean kept IoU. Runs are compared only within one data set, model, "
+        "ratio, variant (the sweep values they share) and seed.", "",
         f"Runs analysed: {len(runs)}; skipped: {len(skipped)}.", "",
     ]
-    summary, tags = pair_summary(tables), group_tags(tables["layer_sparsity"])
-    sparsity = tables["layer_sparsity"]
-    for (data, model, ratio), tag in tags.items():
-        group = _pick(sparsity, data, model, ratio)
-        seeds = ", ".join(map(str, sorted(group["seed"].unique())))
-        lines += [f"## {data} · {model} · ratio {ratio:g} (seeds {seeds})", ""]
-        pairs = _pick(summary, data, model, ratio)
+    summary, sparsity = pair_summary(tables), tables["layer_sparsity"]
+    for group, tag in group_tags(sparsity).items():
+        seeds = ", ".join(map(str, sorted(_pick(sparsity, *group)["seed"].unique())))
+        lines += [f"## {_title(group)} (seeds {seeds})", ""]
+        pairs = _pick(summary, *group)
         if pairs.empty:
             lines += ["Only one strategy: nothing to compare.", ""]
         else:
@@ -235,8 +229,49 @@ def summary_markdown(tables: dict[str, pd.DataFrame], runs: list, skipped: list,
                              f"{_fmt(r.iou_kept_random)} | {_fmt(times, 1)}{'' if pd.isna(times) else '×'} | {_fmt(r.iou_pruned)} | "
                              f"{_fmt(r.iou_pruned_random)} | {_fmt(r.layer_min)} | {r.n_seeds} |")
             lines.append("")
-        figures = _figures(written, tag)
+        figures = _figures(written, tables, group, tag)
         lines += ["Figures: " + ", ".join(f"`{name}`" for name in figures), ""] if figures else []
     if skipped:
-        lines += ["## Skipped", ""] + [f"- `{folder}`: {reason}" for folder, reason in skipped] + [""]
+        lines += ["## Skipped", ""]
+        lines += [f"- `{shown_path(s.path, out)}`: {s.text(lambda p: f'`{shown_path(p, out)}`')}"
+                  for s in skipped] + [""]
     return "\n".join(lines)
+
+
+def analyse(folders: Sequence, out, heads: int | None = None) -> dict[str, Path]:
+    """:func:`~deepcuts.analysis.mask_iou.pair_tables`, written into ``out`` as CSVs, PNGs and
+    ``summary.md``. Returns ``{name: path}`` of the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables, runs, skipped = pair_tables(folders, heads)
+    written = {}
+    for name, table in tables.items():
+        written[name] = out / f"{name}.csv"
+        table.to_csv(written[name], index=False)
+    written.update(write_plots(tables, out))
+    written["summary"] = out / "summary.md"
+    written["summary"].write_text(summary_markdown(tables, runs, skipped, written, out))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mask_analysis",
+                                     description="Mask similarity (IoU) between pruning strategies.")
+    parser.add_argument("runs", nargs="+", help="run folders or multirun roots (searched recursively)")
+    parser.add_argument("--out", required=True, help="folder for the CSVs, PNGs and summary.md")
+    parser.add_argument("--heads", type=int, default=None,
+                        help="attention heads when results.json lacks num_attention_heads "
+                             "(default: config.yaml's model.config, else 12)")
+    parser.add_argument("--wandb", action="store_true", help="also log the figures and tables to W&B")
+    args = parser.parse_args(argv)
+    for name, path in analyse(args.runs, args.out, args.heads).items():
+        print(f"{name}: {path}")
+    if args.wandb:
+        from deepcuts.analysis.render.wandb import log_folder
+
+        print(f"logged to W&B: {log_folder(args.out, 'mask-analysis')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

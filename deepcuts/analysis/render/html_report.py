@@ -3,8 +3,9 @@
 Per data set: the methods and the sanity controls with 95% intervals, the paired differences
 against the baselines with their verdicts, an interactive metric-vs-ratio plot with 95% error
 bars, and strategy x strategy heatmaps of mask overlap (kept IoU, from the runs' masks). It takes
-the parts :func:`deepcuts.analysis.report.write_report` computed; nothing is recomputed here but
-the mask overlaps.
+the parts :func:`deepcuts.analysis.render.report.write_report` computed; nothing is recomputed here but
+the mask overlaps. Its plot draws the lines the PNG draws
+(:func:`deepcuts.analysis.summary.series`, :func:`~deepcuts.analysis.summary.dense_lines`).
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ from typing import Any
 
 import pandas as pd
 
-from deepcuts.analysis.html import Heatmap, LinePlot, Section, Table, write_html
-from deepcuts.analysis.report_keys import metric_column, shown_metrics
-from deepcuts.analysis.report_plots import achieved_differs
+from deepcuts.analysis import mask_iou
+from deepcuts.analysis.keys import metric_column, shown_metrics
+from deepcuts.analysis.render.html import Heatmap, LinePlot, Section, Table, write_html
+from deepcuts.analysis.render.plots import achieved_differs
+from deepcuts.analysis.summary import dense_lines, series
+
+__all__ = ["write_html_report"]
 
 log = logging.getLogger(__name__)
 PAIRED_SHOWN = ["ratio", "strategy", "baseline", "seeds", "mean_diff", "t_low", "t_high",
                 "boot_low", "boot_high", "wins", "verdict"]
-
-
-def _label(row: dict, keys: Sequence[str]) -> str:
-    """``strategy · key=value ...`` for a plot series (sweep keys have dots: a dict, not a tuple)."""
-    extra = [f"{k}={row[k]}" for k in keys if row.get(k) not in (None, "", "—")
-             and not (isinstance(row[k], float) and pd.isna(row[k]))]
-    return " · ".join([str(row["strategy"]), *extra])
 
 
 def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.DataFrame:
@@ -51,20 +49,20 @@ def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.
     }).reset_index(drop=True)
 
 
-def _line_plot(data: str, part: pd.DataFrame, runs: pd.DataFrame, sweep: Sequence[str],
+def _line_plot(data: str, part: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str],
                metric: str, references: Sequence[Any] = ()) -> LinePlot:
     """The monitored metric vs ratio (the achieved one where it differs from the requested one),
-    the dense model and the constant predictor (majority class / dev mean) as lines."""
-    keys = [k for k in ("selection", *sweep) if k in part and part[k].astype(str).nunique() > 1]
-    series = [_label(r, keys) for r in part.to_dict("records")]
+    the dense models and the constant predictor (majority class / dev mean) as lines: the lines
+    and labels of the PNG."""
     achieved = achieved_differs(part)
-    x = part["achieved_ratio_mean" if achieved else "ratio"].astype(float)
-    frame = pd.DataFrame({
-        "series": series, "x": x, "y": part["pruned_mean"],
-        "lo": part["pruned_mean"] - part["pruned_ci95"], "hi": part["pruned_mean"] + part["pruned_ci95"],
-    })
-    dense = runs.groupby("seed")["dense"].mean().mean() if not runs.empty else float("nan")
-    hlines = {} if pd.isna(dense) else {"dense (mean over seeds)": float(dense)}
+    x_col = "achieved_ratio_mean" if achieved else "ratio"
+    frames = [pd.DataFrame({"series": line.label, "x": line.rows[x_col].astype(float),
+                            "y": line.rows["pruned_mean"],
+                            "lo": line.rows["pruned_mean"] - line.rows["pruned_ci95"],
+                            "hi": line.rows["pruned_mean"] + line.rows["pruned_ci95"]})
+              for line in series(part, keys)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["series", "x", "y", "lo", "hi"])
+    hlines = {f"{d.label} (mean over seeds)": d.value for d in dense_lines(part, runs, keys)}
     for ref in references:
         if metric in ref.values:
             hlines[f"{ref.label} ({metric} {ref.values[metric]:.3g})"] = float(ref.values[metric])
@@ -78,25 +76,16 @@ def _line_plot(data: str, part: pd.DataFrame, runs: pd.DataFrame, sweep: Sequenc
 
 
 def _mask_heatmaps(folders: Sequence[Path]) -> dict[str, list[Heatmap]]:
-    """Per data set, one kept-IoU heatmap per (model, ratio), averaged over seeds."""
-    from deepcuts.analysis import mask_iou
-    from deepcuts.analysis import plots_iou as P
-
+    """Per data set, one kept-IoU heatmap per (model, ratio, variant), averaged over seeds."""
     tables, _, _ = mask_iou.pair_tables(folders)
-    if tables["tensor_iou"].empty:
-        return {}
-    summary = P.pair_summary(tables)
     out: dict[str, list[Heatmap]] = {}
-    for (data, model, ratio), pairs in summary.groupby(P.GROUP, sort=True):
-        names = sorted(set(pairs["strategy_a"]) | set(pairs["strategy_b"]))
-        kept = P._pair_matrix(pairs, names, "iou_kept")
-        chance = float(pairs["iou_kept_random"].mean())
-        seeds = int(pairs["n_seeds"].max())
-        out.setdefault(str(data), []).append(Heatmap(
-            title=f"{data} · {model} · ratio {ratio:g}: kept-weight IoU of the masks "
-                  f"(mean over tensors and {seeds} seed(s); two random masks: {chance:.3f})",
-            z=kept.to_numpy(dtype=float).tolist(), x=names, y=names, colorbar="kept IoU",
-        ))
+    for grid in mask_iou.kept_iou_grids(tables):
+        variant = f" · {grid.variant}" if grid.variant else ""
+        out.setdefault(str(grid.data), []).append(Heatmap(
+            title=f"{grid.data} · {grid.model} · ratio {grid.ratio:g}{variant}: kept-weight IoU of "
+                  f"the masks (mean over tensors and {grid.seeds} seed(s); two random masks: "
+                  f"{grid.chance:.3f})",
+            z=grid.z, x=grid.names, y=grid.names, colorbar="kept IoU"))
     return out
 
 
@@ -104,7 +93,7 @@ def write_html_report(written: dict[str, Any], folders: Sequence[Path], out: Pat
                       masks: bool = True) -> Path:
     """``report.html`` in ``out`` from the parts ``write_report`` returned."""
     summary, paired, runs = written["summary"], written["paired"], written["runs"]
-    sweep = list(written["sweep_keys"])
+    sweep, keys = list(written["sweep_keys"]), list(written["group_keys"])
     heatmaps: dict[str, list[Heatmap]] = {}
     if masks and not runs.empty:
         try:
@@ -136,12 +125,15 @@ def write_html_report(written: dict[str, Any], folders: Sequence[Path], out: Pat
         refs = written.get("references", {}).get(str(data), [])
         items.extend(line.replace("`", "") for r in refs
                      for line in [*(f"Reference: {x}." for x in r.lines), *r.notes])
-        items.append(_line_plot(str(data), part, data_runs, sweep, metric, refs))
+        items.append(_line_plot(str(data), part, data_runs, keys, metric, refs))
+        if masks and not heatmaps.get(str(data)):
+            items.append("No mask-overlap heatmap: fewer than two runs of one data, model, ratio, "
+                         "variant and seed have a masks.safetensors here.")
         items.extend(heatmaps.get(str(data), []))
         sections.append(Section(f"{data} ({metric})", items))
-    if written["unfinished"]:
-        sections.append(Section("Unfinished or failed runs", [", ".join(map(str, written["unfinished"]))]))
-    n_runs = len(runs)
-    intro = (f"{n_runs} complete runs under {', '.join(map(str, folders))}. Baselines: "
+    if written["unfinished_shown"]:
+        sections.append(Section("Unfinished or failed runs",
+                                [f"{p}: {why}" for p, why in written["unfinished_shown"].items()]))
+    intro = (f"{len(runs)} complete runs under {', '.join(written['folders_shown'])}. Baselines: "
              f"{', '.join(written['baselines'])}.")
     return write_html(Path(out) / "report.html", "DeepCuts comparison report", sections, intro)

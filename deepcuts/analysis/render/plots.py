@@ -3,8 +3,9 @@ compression ratio (a panel per metric, the monitored one on top), one line per s
 values, with the dense models and the constant predictor as horizontal lines; the achieved ratio
 on the x axis where it differs from the requested one.
 
-It plots the summary :mod:`deepcuts.analysis.report` computed; matplotlib is imported only when
-a figure is drawn.
+It draws the lines :func:`deepcuts.analysis.summary.series` and
+:func:`~deepcuts.analysis.summary.dense_lines` give (the HTML page draws the same ones);
+matplotlib is imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -17,16 +18,10 @@ from typing import Any
 import pandas as pd
 
 from deepcuts.analysis import stats
-from deepcuts.analysis.report_keys import (
-    MISSING,
-    fmt,
-    groups,
-    metric_column,
-    norm,
-    shown_keys,
-    shown_metrics,
-    sort_value,
-)
+from deepcuts.analysis.keys import metric_column, shown_metrics
+from deepcuts.analysis.summary import dense_lines, series
+
+__all__ = ["achieved_differs", "plot_ratio"]
 
 ACHIEVED_TOLERANCE = 0.02  # relative: achieved ratios further from the requested ones go on x
 
@@ -87,35 +82,19 @@ def _panel(ax: Any, metric: str, summary: pd.DataFrame, runs: pd.DataFrame, keys
     std_col = "pruned_std" if own else metric_column(summary, "pruned", metric, "std")
     dense_col = "dense" if own or f"dense_{metric}" not in runs.columns else f"dense_{metric}"
     x_col = "achieved_ratio_mean" if achieved else "ratio"
-    shown = shown_keys(summary, keys)
-    if summary["selection"].astype(str).nunique() > 1:
-        shown.append("selection")
-    line_keys = [k for k in keys if k not in ("data", "ratio", "metric")]
-    for _, line in sorted(groups(summary, line_keys).items(),
-                          key=lambda kv: tuple(sort_value(v) for v in kv[0])):
-        line = line.sort_values("ratio")
-        first = line.iloc[0]
-        label = " · ".join([str(first["strategy"]), *_labels(first, shown)])
+    for line in series(summary, keys):
+        rows = line.rows
         if own:
-            ci = line["pruned_ci95"]
+            ci = rows["pruned_ci95"]
         else:
             ci = pd.Series([stats.t_halfwidth(float(s), int(n)) for s, n in
-                            zip(line[std_col], line["seeds"], strict=True)], index=line.index)
-        ax.errorbar(line[x_col], line[mean_col], yerr=ci.fillna(0.0), marker="o", capsize=3,
-                    label=label, linestyle=":" if bool(first["control"]) else "-")
-    dense_keys = [k for k in shown if k not in ("ratio_basis", "selection")
-                  and not k.startswith("strategy.")]
-    per_seed: dict[tuple, list[float]] = {}
-    for key, part in groups(runs, [*dense_keys, "seed"]).items():
-        per_seed.setdefault(key[:-1], []).append(pd.to_numeric(part[dense_col]).mean())
+                            zip(rows[std_col], rows["seeds"], strict=True)], index=rows.index)
+        ax.errorbar(rows[x_col], rows[mean_col], yerr=ci.fillna(0.0), marker="o", capsize=3,
+                    label=line.label, linestyle=":" if line.control else "-")
     styles = ["--", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
-    for i, (key, values) in enumerate(sorted(per_seed.items(),
-                                             key=lambda kv: tuple(map(sort_value, kv[0])))):
-        level = pd.Series(values, dtype=float).mean()
-        if not pd.isna(level):
-            name = " · ".join(_labels(dict(zip(dense_keys, key, strict=True)), dense_keys))
-            ax.axhline(level, linestyle=styles[i % len(styles)], color="gray", alpha=0.8,
-                       label=f"dense · {name}" if name else "dense")
+    for i, dense in enumerate(dense_lines(summary, runs, keys, dense_col)):
+        ax.axhline(dense.value, linestyle=styles[i % len(styles)], color="gray", alpha=0.8,
+                   label=dense.label)
     drawn = _reference_lines(ax, metric, references)
     if drawn and not monitor:  # the strategies' legend is on the top panel
         ax.legend(handles=drawn, fontsize="small")
@@ -161,9 +140,3 @@ def _reference_lines(ax: Any, metric: str, references: Sequence[Any]) -> list[An
                 bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
     return drawn
 
-
-def _labels(row: Any, keys: Sequence[str]) -> list[str]:
-    """Legend parts: a sweep key as ``key=value``, model / selection as the value; no value, no
-    part."""
-    return [f"{k}={fmt(row[k])}" if "." in k else fmt(row[k]) for k in keys
-            if norm(row[k]) is not MISSING]
