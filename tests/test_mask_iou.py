@@ -43,7 +43,8 @@ def random_masks(seed: int, shapes: dict[str, tuple] | None = None) -> dict[str,
 
 
 def write_run(folder: Path, strategy: str, masks: dict, seed: int = 0, status: str = "complete",
-              with_masks: bool = True, config: dict | None = None, run_key: str | None = None) -> Path:
+              with_masks: bool = True, config: dict | None = None, run_key: str | None = None,
+              dense_key: str | None = None) -> Path:
     """A run folder as the outputs contract has it: results.json (``run_key``: default unique per
     folder), masks.safetensors, and ``config`` as config.yaml when given."""
     folder.mkdir(parents=True)
@@ -53,7 +54,8 @@ def write_run(folder: Path, strategy: str, masks: dict, seed: int = 0, status: s
                "ratio": 6.8, "ratio_basis": "prunable", "seed": seed, "monitor": "acc",
                "achieved_ratio": 6.8, "dense": {"acc": 0.9}, "pruned": {"acc": 0.8},
                "run_key": run_key or f"job-{folder.as_posix()}", "keep_fraction": 0.147,
-               "num_attention_heads": HEADS}
+               "num_attention_heads": HEADS,
+               **({"stage_keys": {"dense": dense_key}} if dense_key else {})}
     (folder / "results.json").write_text(json.dumps(results))
     if config is not None:
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
@@ -397,3 +399,16 @@ def test_no_runs_write_empty_tables(tmp_path):
     assert sorted(written) == ["head_iou", "layer_iou", "layer_sparsity", "summary", "tensor_iou"]
     assert "Runs analysed: 0; skipped: 0." in written["summary"].read_text()
     assert MI.kept_iou_grids(MI.pair_tables([tmp_path / "empty"])[0]) == []
+
+
+def test_masks_of_two_dense_models_are_not_compared(tmp_path):
+    """The pairing rule of the reports: a and b share a dense model, c was scored on another one
+    (e.g. re-run after a code change), so c is compared with neither and named in the skipped.
+    Mutation checked: dropping the dense check in pair_tables fails it."""
+    write_run(tmp_path / "a", "a", random_masks(1), dense_key="D")
+    write_run(tmp_path / "b", "b", random_masks(2), dense_key="D")
+    write_run(tmp_path / "c", "c", random_masks(3), dense_key="NEW")
+    tables, _, skipped = MI.pair_tables([tmp_path])
+    assert pairs(tables["tensor_iou"]) == [("", "a", "b", 0)]
+    assert sorted((s.path.name, s.other.name) for s in skipped) == [("c", "a"), ("c", "b")]
+    assert all("another dense model" in s.reason for s in skipped)

@@ -421,9 +421,10 @@ def layer_sparsity(run: Run) -> list[dict]:
 
 
 def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, pd.DataFrame], list[Run], list[Skipped]]:
-    """Compare every pair of strategy labels within each (data, model, ratio, variant, seed): the
+    """Compare every pair of strategy labels within each (data, model, ratio, variant, seed) whose
+    masks come from one dense model (results.json ``stage_keys.dense``, when both record it): the
     tables ``tensor_iou``, ``layer_iou``, ``head_iou``, ``layer_sparsity``; the runs compared and
-    the folders skipped (:func:`find_runs`)."""
+    the folders skipped (:func:`find_runs`, and pairs of two dense models)."""
     runs, skipped = find_runs(folders, heads)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -434,6 +435,10 @@ def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, 
         for run in members:
             sparsity.extend(layer_sparsity(run))
         for run_a, run_b in itertools.combinations(members, 2):
+            if _dense(run_a) and _dense(run_b) and _dense(run_a) != _dense(run_b):
+                # the pairing rule of deepcuts.analysis.compare: masks of one dense model only
+                skipped.append(Skipped(run_b.folder, "not compared (another dense model) with", run_a.folder))
+                continue
             tensors.append(compare_runs(run_a, run_b))
             heads_dfs.append(compare_heads(run_a, run_b))
         for run in members:
@@ -443,6 +448,12 @@ def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, 
               "head_iou": _concat(heads_dfs, HEAD_COLUMNS),
               "layer_sparsity": pd.DataFrame(sparsity, columns=SPARSITY_COLUMNS)}
     return tables, runs, skipped
+
+
+def _dense(run: Run) -> str | None:
+    """The dense stage key the run's masks were scored on (None in results without one)."""
+    keys = run.results.get("stage_keys")
+    return keys.get("dense") if isinstance(keys, dict) else None
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
