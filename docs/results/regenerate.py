@@ -4,19 +4,19 @@
 
 Run from the repository root. Reports are rewritten in place; only the run folders (results.json
 + config.yaml; the masks are not committed, so report.html has no mask-overlap heatmaps) are read.
-Two early folders kept their runs as one results.json list; they are first written out as
-``runs/<strategy>_r<ratio>_s<seed>/results.json`` (once), so that they are run folders like the rest.
+The two early MiniLM STS-B folders kept their runs as one results.json list until issue 22; that
+list was written out once as ``runs/<strategy>_r<ratio>_s<seed>/results.json``, so that they are
+run folders like the rest (the H200 runs predate results.json's ``ratio_basis`` and ``monitor``:
+``bert_base`` and ``pearson`` were filled in, as their README states).
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent
-REPO = RESULTS.parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 COMMANDS = [
     ["experiments/report.py", "docs/results/study_cpu/runs", "--out", "docs/results/study_cpu"],
@@ -33,20 +33,7 @@ COMMANDS = [
 ]
 
 
-def expand(folder: Path) -> None:
-    """``folder/results.json`` (a list of runs) -> ``folder/runs/<job>/results.json``, once."""
-    runs = folder / "runs"
-    if runs.is_dir():
-        return
-    for res in json.loads((folder / "results.json").read_text()):
-        job = runs / f"{res['strategy']}_r{float(res['ratio']):g}_s{res['seed']}"
-        job.mkdir(parents=True)
-        (job / "results.json").write_text(json.dumps({"status": "complete", **res}, indent=1, sort_keys=True) + "\n")
-
-
 def main() -> int:
-    for name in ("minilm_stsb_h200", "minilm_stsb_cpu_seed1"):
-        expand(RESULTS / name)
     for command in COMMANDS:
         print("$ python " + " ".join(command), flush=True)
         subprocess.run([sys.executable, *command], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
