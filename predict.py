@@ -16,7 +16,8 @@ EXPORT_FOLDER is the pruned_model folder of a run made with save_model=true; FIL
 the settings of the run's task (columns, header), kept in EXPORT_FOLDER/data.json."""
 
 EPILOG = """\
-The predictions TSV has the columns index (the example's row in FILE, from 0), prediction (the
+--runtime onnx runs EXPORT_FOLDER/model.onnx (python -m deepcuts.export --onnx EXPORT_FOLDER, or a
+run with save_model=onnx). The predictions TSV has the columns index (the example's row in FILE, from 0), prediction (the
 score, or the class id), logit_0..logit_K-1 (classification) and label (when FILE has labels).
 Exit code 2 on bad input (missing folder or file, missing columns, unreadable labels)."""
 
@@ -35,6 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--no-labels", action="store_true",
                         help="ignore FILE's label column: predictions only, no metrics")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="torch: the export's weights with PyTorch (default); onnx: its model.onnx "
+                        "with ONNX Runtime on the CPU (needs no torch to run the graph; torch only to "
+                        "score a labelled file)")
+    parser.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"),
+                        help="--runtime torch: evaluate in this precision (default: the run's, from "
+                        "data.json, so the metrics are the run's)")
+    parser.add_argument("--threads", type=int, help="--runtime onnx: ONNX Runtime's intra-op threads")
     return parser.parse_args(argv)
 
 
@@ -55,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = predict(args.export_folder, args.file, out=args.out, batch_size=args.batch_size,
                          has_labels=False if args.no_labels else None, limit=args.limit,
-                         device=args.device)
+                         device=args.device, runtime=args.runtime, precision=args.precision,
+                         threads=args.threads)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{result['task']}: {result['n']} examples from {args.file}")
+    print(f"{result['task']}: {result['n']} examples from {args.file} ({result['runtime']}, "
+          f"precision {result['precision']})")
     if result["has_labels"]:
         print(format_metrics(result["metrics"]))
     else:

@@ -25,8 +25,8 @@ from deepcuts.pruning.masks import detach_masked_views, remove_masks
 
 HEAD_FILE, TASK_FILE, HEAD_SPEC_FILE, DATA_FILE = "head.safetensors", "task.json", "head.json", "data.json"
 STRUCTURE_KEY = "deepcuts_structure"  # config.json: per-layer heads_kept, neurons_kept, head_size
-DATA_KEYS = ("name", "text_columns", "label_column", "header", "columns", "task", "metrics", "monitor",
-             "monitor_mode", "max_length", "eval_batch_size")
+DATA_KEYS = ("name", "folder", "eval_file", "text_columns", "label_column", "header", "columns", "task", "metrics",
+             "monitor", "monitor_mode", "max_length", "eval_batch_size", "precision")  # precision: the run's
 
 
 def export_pruned(model, folder: Path, tokenizer=None, data: dict | None = None) -> Path:

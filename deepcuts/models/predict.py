@@ -2,8 +2,11 @@
 
 The export folder (``<run>/pruned_model`` of a run made with ``save_model=true``) holds all that
 is needed: the model (:func:`deepcuts.models.export.load_exported`), the tokenizer, and ``data.json``
-(how the task's files are read, and its metrics). A file with the label column is scored with
-every metric of ``data.json``; a file without it (a GLUE test file) gets predictions only.
+(how the task's files are read, its metrics, and the precision the run evaluated in). A file with
+the label column is scored with every metric of ``data.json``; a file without it (a GLUE test
+file) gets predictions only. The PyTorch runtime evaluates in the run's precision (autocast for
+``bf16-mixed``), so its metrics are the run's; ``runtime="onnx"`` runs the export's float32 ONNX
+graph with ONNX Runtime, and needs torch only to score a labelled file (torchmetrics).
 """
 
 from __future__ import annotations
@@ -11,16 +14,25 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from deepcuts.cache.store import atomic_path
+from deepcuts.cache.files import atomic_path
 from deepcuts.config.errors import ConfigError
 from deepcuts.data.tsv import parse_labels, read_tsv
-from deepcuts.models.export import DATA_FILE, HEAD_FILE, TASK_FILE
+from deepcuts.models.onnx_runtime import ONNX_FILE, ONNX_META, OnnxRunner
 
-EXPORT_FILES = ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE)
+if TYPE_CHECKING:  # torch only where the PyTorch runtime or a metric needs it
+    import torch
+
+# the export's files (as deepcuts.models.export writes them; that module imports torch)
+HEAD_FILE, TASK_FILE, DATA_FILE = "head.safetensors", "task.json", "data.json"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one of them
+EXPORT_FILES = {"torch": ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE),
+                "onnx": (ONNX_FILE, ONNX_META, TASK_FILE, DATA_FILE)}
+RUNTIMES = tuple(EXPORT_FILES)
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 DEFAULT_BATCH_SIZE = 128
 
 
@@ -29,13 +41,20 @@ def default_out(file: Path, data: dict) -> Path:
     return Path(f"{data.get('name', 'task')}-{Path(file).stem}.predictions.tsv")
 
 
-def check_export(folder: Path) -> dict:
-    """The export's ``data.json``, after checking ``folder`` is an export folder."""
+def check_export(folder: Path, runtime: str = "torch") -> dict:
+    """The export's ``data.json``, after checking ``folder`` holds every file ``runtime`` reads
+    (``torch``: config, weights, head; ``onnx``: the graph)."""
     folder = Path(folder)
     hint = "it must be the pruned_model folder of a run made with save_model=true"
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r}: one of {', '.join(RUNTIMES)}.")
     if not folder.is_dir():
         raise ConfigError(f"export folder {folder} does not exist; {hint}.")
-    missing = [name for name in EXPORT_FILES if not (folder / name).is_file()]
+    if runtime == "onnx":
+        hint = f"export the graph with python -m deepcuts.export --onnx {folder} (or run with save_model=onnx)"
+    missing = [name for name in EXPORT_FILES[runtime] if not (folder / name).is_file()]
+    if runtime == "torch" and not any((folder / w).is_file() for w in WEIGHTS):
+        missing.append(WEIGHTS[0])
     if missing:
         inside = ""
         if (folder / "pruned_model" / TASK_FILE).is_file():
@@ -85,6 +104,8 @@ def require_columns(have: list[str], path: Path, needed: list[str], data: dict) 
 
 def pick_device(name: str | None) -> torch.device:
     """``name`` as a torch device; None: CUDA when available, else the CPU."""
+    import torch
+
     try:
         device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as err:
@@ -129,9 +150,18 @@ def read_examples(file: Path, data: dict, has_labels: bool | None,
     return texts, labels
 
 
+def autocast_dtype(precision: str):
+    """The autocast dtype of a Lightning precision (None: float32, no autocast)."""
+    import torch
+
+    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+
+
 def run_model(folder: Path, texts: list[list[str]], data: dict, batch_size: int,
-              device: torch.device) -> torch.Tensor:
-    """The export's outputs (logits, or scores) for the examples, in order, on the CPU."""
+              device: torch.device, precision: str = "32") -> np.ndarray:
+    """The export's outputs (logits, or scores) for the examples, in order, under the run's
+    precision (autocast for ``bf16-mixed`` / ``16-mixed``, as Lightning evaluated)."""
+    import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     from deepcuts.models.export import load_exported
@@ -141,19 +171,23 @@ def run_model(folder: Path, texts: list[list[str]], data: dict, batch_size: int,
     features = [{k: v[i] for k, v in encoded.items()} for i in range(len(texts[0]))]
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     model = load_exported(folder).to(device)
+    dtype = autocast_dtype(precision)
     outputs = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(features), batch_size):
             batch = collate(features[start:start + batch_size]).to(device)
             output = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             outputs.append(output.float().cpu())
-    return torch.cat(outputs)
+    return torch.cat(outputs).numpy()
 
 
-def score(output: torch.Tensor, labels: list, data: dict) -> dict[str, float]:
+def score(output: np.ndarray, labels: list, data: dict) -> dict[str, float]:
     """Every metric of ``data.json`` on the outputs, as the run computed it (class ids for
     classification, the scores for regression)."""
+    import torch
+
     regression = data["task"]["type"] == "regression"
+    output = torch.from_numpy(np.asarray(output, dtype=np.float32))
     predicted = output if regression else output.argmax(-1)
     target = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
     scores = {}
@@ -171,17 +205,30 @@ def predict(
     has_labels: bool | None = None,
     limit: int | None = None,
     device: str | None = None,
+    runtime: str = "torch",
+    precision: str | None = None,
+    threads: int | None = None,
 ) -> dict:
     """Predict every example of ``file`` (its first ``limit`` rows if given) with the export in
     ``folder``, score them when labelled, and write the predictions TSV to ``out`` atomically
     (default: :func:`default_out`).
 
     ``has_labels``: None scores the file if it has the label column, True requires it, False
-    ignores it. ``device``: None is CUDA when available, else the CPU. Returns ``{"metrics",
-    "n", "out", "has_labels", "task", "label_column"}``; metrics are empty without labels.
+    ignores it. ``device``: None is CUDA when available, else the CPU. ``runtime``: ``torch``
+    (the export's weights, in ``precision``: None is the run's, recorded in data.json) or
+    ``onnx`` (the export's float32 ONNX graph on ONNX Runtime's CPU provider, ``threads``
+    intra-op threads). Returns ``{"metrics", "n", "out", "has_labels", "task",
+    "label_column", "runtime", "precision"}``; metrics are empty without labels.
     """
     folder, file = Path(folder), Path(file)
-    data = check_export(folder)
+    data = check_export(folder, runtime)
+    if precision is None:
+        precision = str(data.get("precision") or "32") if runtime == "torch" else "32"
+    precision = {"32-true": "32", "fp32": "32", "bf16": "bf16-mixed"}.get(str(precision), str(precision))
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}.")
+    if runtime == "onnx" and precision != "32":
+        raise ConfigError("the ONNX graph runs in float32: drop --precision, or use --runtime torch.")
     out = Path(out) if out is not None else default_out(file, data)
     if out.resolve() == file.resolve():
         raise ConfigError(f"the output {out} is the input file; choose another --out.")
@@ -189,19 +236,25 @@ def predict(
         batch_size = data.get("eval_batch_size") or DEFAULT_BATCH_SIZE
     if int(batch_size) <= 0 or (limit is not None and int(limit) <= 0):
         raise ConfigError("the batch size and the limit must be positive numbers.")
-    device = pick_device(device)
-
     texts, labels = read_examples(file, data, has_labels, None if limit is None else int(limit))
-    output = run_model(folder, texts, data, int(batch_size), device)
+    if runtime == "onnx":
+        if device not in (None, "cpu"):
+            raise ConfigError("--runtime onnx runs on the CPU provider: drop --device.")
+        runner = OnnxRunner(folder, threads)
+        output = runner.outputs(texts, int(batch_size), int(data.get("max_length", 128)))
+    else:
+        output = run_model(folder, texts, data, int(batch_size), pick_device(device), precision)
     metrics = score(output, labels, data) if labels is not None else {}
     with atomic_path(out) as tmp:
         write_predictions(tmp, output, data["task"], labels)
     return {"metrics": metrics, "n": len(output), "out": out, "has_labels": labels is not None,
-            "task": data.get("name"), "label_column": data["label_column"]}
+            "task": data.get("name"), "label_column": data["label_column"], "runtime": runtime,
+            "precision": precision}
 
 
-def write_predictions(path: Path, output: torch.Tensor, task: dict, labels: list | None) -> None:
+def write_predictions(path: Path, output: np.ndarray, task: dict, labels: list | None) -> None:
     """One row per example: index, prediction (score or class id), logits, label."""
+    output = np.asarray(output, dtype=np.float32)
     regression = task["type"] == "regression"
     fields = ["index", "prediction"]
     if not regression:

@@ -147,6 +147,9 @@ class RunPlan:
             raise ConfigError(f"strategy {scorer.name!r} is traced during the dense fine-tune: it needs epochs_dense >= 1, got {cfg.epochs_dense}.")
         if scorer.of is not None:
             raise ConfigError(f"strategy.of={strategy.of!r} is itself a control of another strategy; name a scoring strategy.")
+        if cfg.get("save_model") not in (None, False, True, "onnx"):
+            raise ConfigError(f"save_model={cfg.save_model!r}: false, true (a transformers folder) or onnx (that folder "
+                              "and its ONNX graph, checked with ONNX Runtime).")
         if cfg.scoring.batches is not None and int(cfg.scoring.batches) <= 0:
             raise ConfigError(f"scoring.batches must be >= 1 (or null for the default), got {cfg.scoring.batches}.")
         tokenizer = load_tokenizer(cfg.model.tokenizer)

@@ -22,6 +22,8 @@ from deepcuts.cache.store import (
     write_tensors,
 )
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.tsv import resolve_root
+from deepcuts.models.card import write_card
 from deepcuts.pruning import budget as B
 from deepcuts.pruning import masks as M
 
@@ -54,9 +56,12 @@ def is_complete(out: Path, key: str, save_model: bool = False) -> bool:
         results = read_results(out)
     except (OSError, ValueError):
         return False
+    wanted = ["data.json", "README.md"] if save_model else []  # older exports lack them: redone
+    if save_model == "onnx":
+        wanted.append("model.onnx")
     return (
         results.get("status") == "complete" and results.get("run_key") == key and (out / MASKS).is_file()
-        and (not save_model or (out / EXPORT / "data.json").is_file())  # older exports lack it: redone
+        and all((out / EXPORT / name).is_file() for name in wanted)
     )
 
 
@@ -193,12 +198,23 @@ def write_run(out: Path, results: dict, masks: dict, model, cfg: DictConfig, tok
 
         tmp = out / f".{EXPORT}.tmp"  # built aside, then swapped in: no stale or half-written files
         shutil.rmtree(tmp, ignore_errors=True)
-        export_pruned(model, tmp, tokenizer, OmegaConf.to_container(cfg.data, resolve=True))
+        data = {**OmegaConf.to_container(cfg.data, resolve=True), "precision": str(cfg.trainer.get("precision", "32"))}
+        export_pruned(model, tmp, tokenizer, data)
         compact = None  # a structured model is already dense and small: no compact copy
         if results.get("structure") is None:
             compact = export_compact(model, masks, tmp)  # the whole model: kept values + bitmasks
         dense = sum(f.stat().st_size for f in tmp.glob("*.safetensors") if f != compact)
-        results = {**results, "export_bytes": {"dense": dense, "compact": compact.stat().st_size if compact else None}}
+        sizes = {"dense": dense, "compact": compact.stat().st_size if compact else None}
+        if cfg.save_model == "onnx":
+            from deepcuts.models.onnx import export_onnx
+            from deepcuts.models.predict import read_examples
+
+            dev = resolve_root(cfg.data.get("root")) / cfg.data.folder / cfg.data.eval_file
+            texts, _ = read_examples(dev, data, has_labels=False, limit=cfg.data.get("max_eval_samples"))
+            export_onnx(tmp, texts)  # checked against PyTorch on the dev set, or the job fails
+            sizes["onnx"] = (tmp / "model.onnx").stat().st_size
+        results = {**results, "export_bytes": sizes}
+        write_card(tmp, results, cfg)
         shutil.rmtree(out / EXPORT, ignore_errors=True)
         tmp.rename(out / EXPORT)
     write_json(out / RESULTS, results)

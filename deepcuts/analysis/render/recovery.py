@@ -17,7 +17,7 @@ import yaml
 from deepcuts.analysis.keys import fmt
 from deepcuts.analysis.recovery import DEFAULT_REFERENCE, LATE, load_runs, recovery_table
 from deepcuts.analysis.runs import shown_path
-from deepcuts.cache.store import atomic_path
+from deepcuts.cache.files import atomic_path
 
 __all__ = ["recovery_markdown", "write_recovery"]
 
