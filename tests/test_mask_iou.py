@@ -44,7 +44,7 @@ def random_masks(seed: int, shapes: dict[str, tuple] | None = None) -> dict[str,
 
 def write_run(folder: Path, strategy: str, masks: dict, seed: int = 0, status: str = "complete",
               with_masks: bool = True, config: dict | None = None, run_key: str | None = None,
-              dense_key: str | None = None) -> Path:
+              dense_key: str | None = None, selection: str = "last") -> Path:
     """A run folder as the outputs contract has it: results.json (``run_key``: default unique per
     folder), masks.safetensors, and ``config`` as config.yaml when given."""
     folder.mkdir(parents=True)
@@ -54,7 +54,7 @@ def write_run(folder: Path, strategy: str, masks: dict, seed: int = 0, status: s
                "ratio": 6.8, "ratio_basis": "prunable", "seed": seed, "monitor": "acc",
                "achieved_ratio": 6.8, "dense": {"acc": 0.9}, "pruned": {"acc": 0.8},
                "run_key": run_key or f"job-{folder.as_posix()}", "keep_fraction": 0.147,
-               "num_attention_heads": HEADS,
+               "num_attention_heads": HEADS, "selection": selection,
                **({"stage_keys": {"dense": dense_key}} if dense_key else {})}
     (folder / "results.json").write_text(json.dumps(results))
     if config is not None:
@@ -319,6 +319,17 @@ def test_a_structured_and_a_masked_variant_are_both_compared(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "## sst2 · tiny · ratio 6.8 · structure.kind=none (seeds 0)" in summary
     assert "## sst2 · tiny · ratio 6.8 · structure.kind=heads_neurons (seeds 0)" in summary
+
+
+def test_runs_that_differ_only_in_selection_are_two_variants(tmp_path):
+    """``selection`` is a column of the report's group keys, not a sweep key: runs of both rules
+    are compared within their rule, none skipped as a rerun. Mutation checked: leaving
+    ``selection`` out of the variant skips two runs as older reruns."""
+    for i, (rule, strategy) in enumerate(itertools.product(("dev", "last"), "ab")):
+        write_run(tmp_path / f"{rule}_{strategy}", strategy, random_masks(i), selection=rule)
+    tables, runs, skipped = MI.pair_tables([tmp_path])
+    assert len(runs) == 4 and not skipped
+    assert pairs(tables["tensor_iou"]) == [("selection=dev", "a", "b", 0), ("selection=last", "a", "b", 0)]
 
 
 def test_strategy_sweep_values_make_two_members(tmp_path):

@@ -20,7 +20,7 @@ from deepcuts.analysis.compare import pair, paired_across, paired_differences
 from deepcuts.analysis.recovery import load_runs, recovery_table
 from deepcuts.analysis.render.recovery import write_recovery
 from deepcuts.analysis.render.report import write_report
-from deepcuts.analysis.runs import collect_runs, group_keys, sweep_keys
+from deepcuts.analysis.runs import collect_runs, sweep_keys
 from deepcuts.analysis.summary import dense_lines, series, summarise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,7 +142,9 @@ def test_html_draws_one_dense_line_per_model_with_the_pngs_labels(tmp_path):
                                                              ("dense · minilm", 0.855)]
     labels = [s.label for s in series(summary, keys)]
     assert "gradcam_shift · minilm" in labels and "layer_mag_grad · bert_base" in labels
+    assert len(labels) == 4
     page = written["html"].read_text()
+    assert '<th class="txt">model</th>' in page  # the HTML tables tell the models apart
     for label in [*labels, "dense · bert_base (mean over seeds)", "dense · minilm (mean over seeds)"]:
         assert json.dumps(label)[1:-1] in page, label
     legend = {t.get_text() for t in written_png_legend(written, tmp_path)}
@@ -304,12 +306,36 @@ def test_no_private_names_across_modules_and_one_way_to_find_runs():
     assert not finders, f"run folders found outside deepcuts.analysis.runs: {finders}"
 
 
-def test_group_keys_are_the_reports_everywhere(tmp_path):
-    """The summary, the paired table and the timing table group by the same keys."""
-    two_dense_models(tmp_path / "runs")
+def test_every_table_splits_by_the_sweep_keys(tmp_path):
+    """Summary, paired and timing tables each have a row per ``structure.kind`` value. Mutation
+    checked: grouping the timing table by (data, model, strategy, seed) only fails it."""
+    for seed in range(2):
+        for kind in ("none", "heads_neurons"):
+            for strategy, value in (("gradcam_shift", METHOD[seed]), ("layer_mag_grad", BASE[seed])):
+                write_run(tmp_path / "runs", f"{kind}_{strategy}_s{seed}", strategy=strategy, seed=seed,
+                          pruned=value, config={"structure": {"kind": kind}})
     written = write_report([tmp_path / "runs"], tmp_path / "report", html=False)
-    df, _ = collect_runs([tmp_path / "runs"])
-    keys = group_keys(df, sweep_keys(df))
-    assert written["group_keys"] == keys
-    assert list(written["timing"].columns[:len(keys)]) == keys
-    assert list(written["summary"].columns[:len(keys)]) == keys
+    assert written["sweep_keys"] == ["structure.kind"]
+    for table in ("summary", "paired", "timing"):
+        frame = written[table]
+        assert sorted(set(frame["structure.kind"])) == ["heads_neurons", "none"], table
+    assert len(written["summary"]) == 4 and len(written["paired"]) == 2
+    assert len(written["timing"]) == 4 * 2  # (strategy, kind) x seed
+    md = written["markdown"].read_text()
+    timing = md.split("## End-to-end time", 1)[1]
+    assert timing.count("| heads_neurons |") == 2 and timing.count("| none |") == 2
+
+
+def test_the_recovery_table_says_all_seeds_equal_for_zero_variance(tmp_path):
+    """Mutation checked: without the ``covers_zero is None`` case the cell reads "better"."""
+    single = {"shots": 1, "rounds": []}
+    kshot = {"shots": 2, "shot_epochs": 1, "rounds": [{"round": 1}]}
+    for seed, base in enumerate((0.5, 0.25, 0.75)):
+        write_run(tmp_path / "r", f"one_s{seed}", strategy="gradcam_shift", seed=seed, pruned=base,
+                  config={"recipe_name": "single_shot"}, recipe=single, epochs_final=2)
+        write_run(tmp_path / "r", f"two_s{seed}", strategy="gradcam_shift", seed=seed, pruned=base + 0.25,
+                  config={"recipe_name": "kshot"}, recipe=kshot, epochs_final=1)
+    text = write_recovery([tmp_path / "r"], tmp_path / "out", echo=False)["markdown"].read_text()
+    assert "+0.250, 3 pairs: all seeds equal (no interval)" in text
+    assert "all seeds equal: kshot better by exactly +0.25 in each of the 3 seeds" in text
+    assert ": better" not in text

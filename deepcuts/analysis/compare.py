@@ -8,6 +8,11 @@ record the same dense stage key (results.json ``stage_keys.dense``), unless the 
 is itself an input of the dense fine-tune (:func:`deepcuts.config.neutral.dense_input`, e.g.
 ``optimizer.lr``), where the dense models differ by design. Every seed left out is named, with why.
 
+Each side is the run table's newest run per seed (:func:`deepcuts.analysis.runs.latest`: a rerun
+replaces the older run in every table); when that run came from another dense model than the
+other side's, the seed is left out and the report says to rerun one side, rather than pairing an
+older run the summary does not show.
+
 Three tables are built on it: the report's paired differences against baselines
 (:func:`paired_differences`), ``--pair-by KEY=REFERENCE`` (:func:`paired_across`) and the
 recovery table (:mod:`deepcuts.analysis.recovery`). All take the run table of
@@ -51,7 +56,7 @@ PAIRED = ["baseline", "baseline_variant", "higher_is_better", "seeds", "paired_s
 # achieved ratio means over the paired seeds, of the key's value and of the reference
 RATIOS = ["achieved_ratio_mean", "baseline_achieved_ratio_mean"]
 # results fields that say which runs these are: pairing across them is not a config key's job
-IDENTITY = {*FIELDS, "selection", "metric", "data.name", "model.name", "strategy.name"}
+RUN_NAMES = {*FIELDS, "selection", "metric", "data.name", "model.name", "strategy.name"}
 
 
 @dataclass
@@ -227,7 +232,7 @@ def _resolve(df: pd.DataFrame, key: str, sweep: Sequence[str]) -> tuple[str, str
         return config_key(key), key
     if column(key) in sweep:
         return key, column(key)
-    if key in IDENTITY or ignored(key):
+    if key in RUN_NAMES or ignored(key):
         raise PairByError(f"`{key}` is not a setting to pair across (it names the runs' data, "
                           "model, strategy, ratio or seed, or never changes a result; strategies "
                           f"are paired against --baselines); sweep keys: {available}")

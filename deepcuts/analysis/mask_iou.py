@@ -47,6 +47,7 @@ from deepcuts.analysis.runs import (
     MASKS,
     collect_runs,
     config_key,
+    dense_key,
     identical_jobs_once,
     latest,
     sweep_keys,
@@ -293,15 +294,16 @@ def _values(row: dict, cols: Sequence[str]) -> list[str]:
 
 def _placed(df: pd.DataFrame) -> pd.DataFrame:
     """The run table with ``variant`` and ``label`` (see the module docstring). Runs that mix
-    ratio bases get ``ratio_basis=...`` in their variant: their masks have different sparsities."""
+    ratio bases or selection rules (columns of the report's group keys, not sweep keys) get
+    ``ratio_basis=...`` / ``selection=...`` in their variant: their masks differ by design."""
     sweep = sweep_keys(df)
     df = with_sweep_columns(df, sweep)
     own = [c for c in sweep if config_key(c).startswith("strategy.")]
     other = [c for c in sweep if c not in own]
-    basis = df["ratio_basis"].astype(str).nunique() > 1
+    mixed = [k for k in ("ratio_basis", "selection") if df[k].astype(str).nunique() > 1]
     variants, labels = [], []
     for row in df.to_dict("records"):
-        parts = [f"ratio_basis={fmt(row['ratio_basis'])}"] * basis + _values(row, other)
+        parts = [f"{k}={fmt(row[k])}" for k in mixed] + _values(row, other)
         variants.append(", ".join(parts))
         values = _values(row, own)
         labels.append(str(row["strategy"]) + (f" ({', '.join(values)})" if values else ""))
@@ -435,7 +437,7 @@ def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, 
         for run in members:
             sparsity.extend(layer_sparsity(run))
         for run_a, run_b in itertools.combinations(members, 2):
-            if _dense(run_a) and _dense(run_b) and _dense(run_a) != _dense(run_b):
+            if dense_key(run_a.results) and dense_key(run_b.results) and dense_key(run_a.results) != dense_key(run_b.results):
                 # the pairing rule of deepcuts.analysis.compare: masks of one dense model only
                 skipped.append(Skipped(run_b.folder, "not compared (another dense model) with", run_a.folder))
                 continue
@@ -448,12 +450,6 @@ def pair_tables(folders: Sequence, heads: int | None = None) -> tuple[dict[str, 
               "head_iou": _concat(heads_dfs, HEAD_COLUMNS),
               "layer_sparsity": pd.DataFrame(sparsity, columns=SPARSITY_COLUMNS)}
     return tables, runs, skipped
-
-
-def _dense(run: Run) -> str | None:
-    """The dense stage key the run's masks were scored on (None in results without one)."""
-    keys = run.results.get("stage_keys")
-    return keys.get("dense") if isinstance(keys, dict) else None
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

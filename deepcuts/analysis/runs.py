@@ -30,7 +30,7 @@ from deepcuts.config.nested import flatten
 from deepcuts.config.neutral import dense_input, neutral
 
 __all__ = ["CONFIG", "FIELDS", "MASKS", "RESULTS", "by_seed", "collect_runs", "column",
-           "config_key", "config_value", "dense_input", "group_keys", "identical_jobs_once",
+           "config_key", "config_value", "dense_input", "dense_key", "group_keys", "identical_jobs_once",
            "ignored", "latest", "read_config", "row_order", "run_folders", "run_state",
            "shown_path", "stage_key", "sweep_keys", "with_sweep_columns"]
 
@@ -78,7 +78,9 @@ def run_state(folder: Path) -> dict | str:
 def run_folders(folder: str | os.PathLike) -> Iterable[Path]:
     """Every folder below ``folder`` (itself included) holding results or a run's other files.
     Runs do not nest, so their subfolders (``.hydra``, logs, a wandb ``config.yaml``) are not
-    searched; hidden folders and ``wandb`` never are."""
+    searched; hidden folders and ``wandb`` never are. A folder with a ``config.yaml`` is a run
+    folder: a stray one at a sweep's root would hide the runs below it (they would show as one
+    unfinished run)."""
     for root, dirs, files in os.walk(folder):
         if ".hydra" in dirs or RESULTS in files or any(m in files for m in RUN_MARKERS):
             dirs[:] = []
@@ -107,7 +109,7 @@ def stage_key(res: Mapping, stage: str) -> tuple:
     return (key,) if key else tuple(res.get(k) for k in STAGE_FALLBACK[stage])
 
 
-def _dense_key(res: Mapping) -> str | None:
+def dense_key(res: Mapping) -> str | None:
     """The dense model's stage key, None when not recorded (old results) or not trained."""
     keys = res.get("stage_keys") if isinstance(res.get("stage_keys"), Mapping) else {}
     return keys.get("dense") or None
@@ -145,7 +147,7 @@ def _row(run: Path, res: dict) -> dict:
         for name in metrics if isinstance(metrics, dict) else ():
             row[f"{phase}_{name}"] = _metric(metrics, name)
     return {**row, "path": str(run), "mtime": (run / RESULTS).stat().st_mtime, "config": config,
-            "results": res, "run_key": res.get("run_key"), "from_dense": _dense_key(res)}
+            "results": res, "run_key": res.get("run_key"), "from_dense": dense_key(res)}
 
 
 def collect_runs(folders: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, dict[Path, str]]:

@@ -86,7 +86,7 @@ class Paired:
     """The paired comparison of one method against one baseline over their common seeds."""
 
     seeds: list[int]  # paired seeds (present and finite on both sides)
-    unpaired: list[int]  # seeds on one side only (or NaN on one side)
+    unpaired: list[int]  # seeds on one side only (or NaN on one side); compare.pair names its own
     diffs: list[float] = field(repr=False)  # method - baseline, per paired seed
     higher_better: bool = True
     mean: float = math.nan

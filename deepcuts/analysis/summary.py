@@ -71,10 +71,8 @@ def summarise(df: pd.DataFrame, sweep: Sequence[str] | None = None) -> pd.DataFr
 
 
 def labels(row: Any, keys: Sequence[str]) -> list[str]:
-    """Legend parts: a sweep key as ``key=value``, model / selection as the value; no value, no
-    part."""
-    return [f"{k}={fmt(row[k])}" if "." in k or k not in ("model", "ratio_basis", "selection")
-            else fmt(row[k]) for k in keys if norm(row[k]) is not MISSING]
+    """Legend parts: the model as its name, every other key as ``key=value``; no value, no part."""
+    return [fmt(row[k]) if k == "model" else f"{k}={fmt(row[k])}" for k in keys if norm(row[k]) is not MISSING]
 
 
 def _legend_keys(summary: pd.DataFrame, keys: Sequence[str]) -> list[str]:

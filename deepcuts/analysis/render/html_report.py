@@ -26,13 +26,19 @@ from deepcuts.analysis.summary import dense_lines, series
 __all__ = ["write_html_report"]
 
 log = logging.getLogger(__name__)
-PAIRED_SHOWN = ["ratio", "strategy", "baseline", "seeds", "mean_diff", "t_low", "t_high",
-                "boot_low", "boot_high", "wins", "verdict"]
+PAIRED_SHOWN = ["baseline", "baseline_variant", "seeds", "mean_diff", "t_low", "t_high", "boot_low",
+                "boot_high", "wins", "verdict"]
 
 
-def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str) -> pd.DataFrame:
+def _lead(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """model / ratio_basis when the runs mix them (as the Markdown tables show them)."""
+    return [k for k in ("model", "ratio_basis") if k in keys and part[k].astype(str).nunique() > 1]
+
+
+def _summary_table(part: pd.DataFrame, sweep: Sequence[str], metric: str, lead: Sequence[str]) -> pd.DataFrame:
     others = [m for m in shown_metrics(part) if m != metric]
     return pd.DataFrame({
+        **{k: part[k].astype(str) for k in lead},
         "strategy": part["strategy"].astype(str),
         "ratio": part["ratio"],
         **{k: part[k] for k in ("selection", *sweep) if k in part},
@@ -109,15 +115,16 @@ def write_html_report(written: dict[str, Any], folders: Sequence[Path], out: Pat
             items.append("Some rows chose their epoch on the dev set they report (selection=dev, "
                          "the paper's practice): their numbers are optimistic.")
         methods, controls = part[~part["control"].astype(bool)], part[part["control"].astype(bool)]
-        items.append(Table(f"Methods: pruned dev {metric}", _summary_table(methods, sweep, metric),
+        lead = _lead(part, keys)
+        items.append(Table(f"Methods: pruned dev {metric}", _summary_table(methods, sweep, metric, lead),
                            note="Mean over seeds with its 95% t-interval; last epoch and dense "
                                 "model beside it."))
         if not controls.empty:
-            items.append(Table("Sanity controls", _summary_table(controls, sweep, metric),
+            items.append(Table("Sanity controls", _summary_table(controls, sweep, metric, lead),
                                note="Random masks and per-tensor shuffles of a method's masks."))
         pairs = paired[paired["data"].astype(str) == str(data)] if not paired.empty else paired
         if not pairs.empty:
-            shown = [c for c in [*PAIRED_SHOWN[:3], *sweep, *PAIRED_SHOWN[3:]] if c in pairs]
+            shown = [c for c in [*lead, "strategy", "ratio", *sweep, *PAIRED_SHOWN] if c in pairs]
             items.append(Table("Paired differences (method − baseline, same seeds)",
                                pairs[shown].reset_index(drop=True),
                                note="t: t-interval; boot: seeded bootstrap over seeds (10,000 "

@@ -52,6 +52,8 @@ def _diff_cell(row: Mapping) -> str:
     text += f", {n} pair{'s' if n != 1 else ''}"
     if n < 2:
         return text + ": no interval"
+    if row["covers_zero"] is None:  # every seed the same difference: zero variance, no interval
+        return text + ": all seeds equal (no interval)"
     if row["covers_zero"]:
         return text + ": no difference detected"
     better = (row["diff_mean"] > 0) == bool(row["higher_is_better"])
@@ -172,7 +174,8 @@ def recovery_markdown(table: pd.DataFrame, runs: pd.DataFrame, *, folders: Seque
         f"pruned / dense (same seed, same dense model); `Δ` is the paired difference to "
         f"`{reference}` of the same data, model, ratio, strategy and seed, over the seeds both "
         f"have and that came from the same dense model (95% t-interval; \"no difference detected\" when the t or the bootstrap interval "
-        f"covers 0: neither recipe wins). `own s/job`: k-shot rounds + masked fine-tune + scoring "
+        f"covers 0: neither recipe wins; \"all seeds equal\" when every seed gives the same "
+        f"difference: no interval). `own s/job`: k-shot rounds + masked fine-tune + scoring "
         f"(as built), mean seconds per job; `shared builds s/seed`: the one-off stages a recipe "
         f"adds per dense model (teacher outputs, rewind replay), counted only from a run that "
         f"built them (results.json `cache.builds`). The dense fine-tune, the same for every "
