@@ -1,4 +1,4 @@
-"""Run every benchmark (S1-S11), one script at a time, each in its own process.
+"""Run every benchmark (S1-S11, S13), one script at a time, each in its own process.
 
 Writes ``results/<id>.json`` per target (the scripts do), then ``results/latest.json`` (all
 targets, one machine record) and refreshes the results table in ``benchmarks/README.md``.
@@ -34,8 +34,9 @@ STEPS = [
     ("bench_structured.py", [], ["S9"]),
     ("bench_compact.py", [], ["S10"]),
     ("bench_trace.py", [], ["S11"]),
+    ("bench_onnx.py", [], ["S13"]),
 ]
-ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11"]
+ORDER = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S13"]
 TABLE_START, TABLE_END = "<!-- results:start -->", "<!-- results:end -->"
 
 

@@ -61,6 +61,20 @@ def encode(tokenizer, texts: Sequence[Sequence[str]], inputs: Sequence[str], max
     return {k: enc[k] for k in inputs}
 
 
+def write_graph(model: nn.Module, sample: dict, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """Trace ``model`` (called with ``sample``'s tensors in order, as keyword names) into an ONNX
+    file at ``path`` with dynamic batch and sequence axes. Raises :class:`OnnxExportError`."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    names = list(sample)
+    try:
+        program = torch.onnx.export(
+            model, tuple(sample[k] for k in names), dynamo=True, opset_version=opset, input_names=names,
+            output_names=["output"], verbose=False, dynamic_shapes={k: {0: batch, 1: seq} for k in names})
+        program.save(str(path))
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds; say which step failed
+        raise OnnxExportError(f"torch.onnx.export failed: {type(err).__name__}: {err}") from None
+
+
 def export_onnx(folder: Path, texts: Sequence[Sequence[str]], *, opset: int = DEFAULT_OPSET,
                 tolerance: float = TOLERANCE, batch_size: int | None = None) -> dict:
     """Write ``folder/model.onnx`` and ``folder/onnx.json``; return the latter's content.
@@ -86,16 +100,8 @@ def export_onnx(folder: Path, texts: Sequence[Sequence[str]], *, opset: int = DE
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     inputs = graph_inputs(folder)
     sample = encode(tokenizer, [c[:2] for c in texts], inputs, max_length)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     with atomic_path(folder / ONNX_FILE) as tmp:
-        try:
-            program = torch.onnx.export(
-                model, tuple(sample[k] for k in inputs), dynamo=True, opset_version=opset,
-                input_names=inputs, output_names=["output"], verbose=False,
-                dynamic_shapes={k: {0: batch, 1: seq} for k in inputs})
-            program.save(str(tmp))
-        except Exception as err:  # noqa: BLE001 - the exporter raises many kinds; say which step failed
-            raise OnnxExportError(f"torch.onnx.export failed for {folder}: {type(err).__name__}: {err}") from None
+        write_graph(model, sample, tmp, opset)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
