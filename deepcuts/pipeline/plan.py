@@ -174,9 +174,13 @@ class RunPlan:
                                                       fine_tune.trainer.get("accumulate_grad_batches", 1)))
         if point.late and (fine_tune.trainer.get("limit_train_batches") is not None
                            or fine_tune.trainer.get("max_steps", -1) != -1
+                           or fine_tune.trainer.get("fast_dev_run") not in (None, False, 0)
+                           or fine_tune.trainer.get("overfit_batches") not in (None, 0, 0.0)
                            or str(fine_tune.trainer.get("devices", 1)) not in ("1", "auto")):
             raise ConfigError(f"rewind={point.spec()} replays the dense fine-tune on one device with whole epochs; "
-                              "it does not support trainer.devices > 1, limit_train_batches or max_steps.")
+                              "it does not support trainer.devices > 1, limit_train_batches, max_steps, "
+                              "fast_dev_run or overfit_batches (debug=fdr|limit|overfit: use rewind=pretrained or "
+                              "finetuned).")
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         seeded = {k: v for k, v in initial.items() if not model_cfg.get("pretrained") or k.startswith("head.")}
         new_model = lambda: copy.deepcopy(template)  # noqa: E731

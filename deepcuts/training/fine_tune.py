@@ -219,11 +219,13 @@ def fine_tune(
             best_epoch = selected["epoch"]
             state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             model.load_state_dict(state)
-        else:  # a collapsed model (constant predictions) has no correlation in any epoch
+        elif not finite:  # a collapsed model (constant predictions) has no correlation in any epoch
             log.warning(
                 "%s: %s %s is NaN in every epoch: keeping the last epoch (best_epoch null).",
                 stage, "holdout" if selection == "holdout" else "dev", metric,
             )
+        else:  # fast_dev_run (debug=fdr) writes no checkpoint
+            log.warning("%s: no checkpoint was written (fast_dev_run?): keeping the last epoch (best_epoch null).", stage)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     with contextlib.suppress(OSError):  # checkpoints/ only held this stage's files: no empty folder left
         ckpt_dir.parent.rmdir()
