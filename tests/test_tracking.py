@@ -1,15 +1,24 @@
-"""W&B: one offline run per job, with the resolved config and the final metrics (no network)."""
+"""W&B offline (no network): one run per job in its sweep's group, with the flat config and the final
+metrics; one run per dense model built; analysis folders in their sweep's group."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import open_dict
 
+from deepcuts.analysis.render.wandb import sweep_of
 from deepcuts.pipeline.flow import run
+from deepcuts.runtime.tracking import flat_config, run_group
+from tests.conftest import REPO
 
 WANDB_BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of framed chunks
 CHUNK_HEADER = struct.Struct("<IHB")  # crc32c, length, type (1 full, 2 first, 3 middle, 4 last)
@@ -65,66 +74,146 @@ def finished_run_records(run_dir: Path, wait_s: float = 60.0) -> list:
         time.sleep(0.2)
 
 
-def wandb_items(run_dir: Path) -> dict[str, object]:
-    """Key -> value of the run's config and summary, the last update winning (nested keys dotted)."""
-    items: dict[str, object] = {}
+def read_run(run_dir: Path) -> dict:
+    """What an offline run holds: its run record (group, job type, name, tags), config and summary
+    (key -> value, the last update winning, nested keys dotted), the summaries its metric
+    definitions ask for, and its history rows."""
+    out: dict = {"config": {}, "summary": {}, "metrics": {}, "history": []}
 
-    def take(updates) -> None:
+    def take(into: dict, updates) -> None:
         for u in updates:
-            items[u.key or ".".join(u.nested_key)] = json.loads(u.value_json)
+            into[u.key or ".".join(u.nested_key)] = json.loads(u.value_json)
 
     for record in finished_run_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            take(record.run.config.update)
+            r = record.run
+            out.update(group=r.run_group, job_type=r.job_type, name=r.display_name, tags=list(r.tags))
+            take(out["config"], r.config.update)
         elif kind == "config":
-            take(record.config.update)
+            take(out["config"], record.config.update)
         elif kind == "summary":
-            take(record.summary.update)
-    return items
+            take(out["summary"], record.summary.update)
+        elif kind == "metric":
+            out["metrics"][record.metric.name] = [f.name for f, on in record.metric.summary.ListFields() if on]
+        elif kind == "history":
+            row: dict = {}
+            take(row, record.history.item)
+            out["history"].append(row)
+    return out
+
+
+def multirun(sweep: Path):
+    """Hydra's config in a job of a multirun whose sweep folder is ``sweep`` (as its launchers set it)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.sweep.dir={sweep}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    return cfg
+
+
+@contextlib.contextmanager
+def in_sweep(sweep: Path):
+    """Code run inside as a job of the multirun with sweep folder ``sweep`` (Hydra writes its
+    ``multirun.yaml`` there first)."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    hydra_cfg = HydraConfig.instance()
+    before = hydra_cfg.cfg
+    hydra_cfg.set_config(multirun(sweep))
+    try:
+        yield sweep
+    finally:
+        hydra_cfg.cfg = before
+
+
+def test_group_is_the_sweep_folder_and_for_a_single_run_the_data_set(make_cfg, tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_GROUP"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = make_cfg("data=stsb")
+    assert (cfg.logger.wandb.mode, cfg.logger.wandb.group, cfg.logger.wandb.dir) == ("offline", None, None)
+    assert run_group(cfg) == "stsb"  # no multirun: a single run, grouped by task
+    assert run_group(make_cfg("data=stsb", "logger.wandb.group=mine")) == "mine"
+    sweep = tmp_path / "study" / "2024-05-01_12-30-05"
+    with in_sweep(sweep):
+        assert run_group(cfg) == "study/2024-05-01_12-30-05"
+        assert run_group(make_cfg("data=stsb", "logger.wandb.group=mine")) == "mine"
+    (sweep / "report").mkdir()
+    assert sweep_of(sweep / "report") == sweep.resolve() and sweep_of(tmp_path) is None
+
+
+def test_config_is_flat_with_names_on_top(make_cfg):
+    flat = flat_config(make_cfg("data=stsb", "strategy=gradcam_shift", "structure=heads_neurons", "recipe=kshot"))
+    assert not any(isinstance(v, (dict, list)) for v in flat.values())
+    assert flat["strategy"] == flat["strategy.name"] == "gradcam_shift"
+    assert flat["structure"] == flat["structure.kind"] == "heads_neurons"
+    assert (flat["data"], flat["model"], flat["recipe_name"]) == ("stsb", "tiny", "kshot")
+    assert (flat["ratio"], flat["seed"], flat["optimizer.lr"]) == (3, 0, 5e-5)
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_has_config_and_summary(make_cfg, tmp_path, monkeypatch):
+def test_sweep_jobs_are_grouped_and_their_shared_dense_model_logged_once(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = make_cfg("data=stsb", "strategy=layer_mag_weight", "logger.wandb.enabled=true",
-                   f"logger.wandb.dir={tmp_path / 'wb'}")
-    results = run(cfg)
-    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    items = wandb_items(runs[0])
-    assert {"ratio", "pruned/pearson"} <= items.keys(), f"config/summary keys found: {sorted(items)}"
-    assert items["ratio"] == 3 and items["ratio_basis"] == "bert_base" and items["seed"] == 0
-    assert items["pruned/pearson"] == pytest.approx(results["pruned"]["pearson"])
-    assert items["dense/pearson"] == pytest.approx(results["dense"]["pearson"])
-    assert items["prune/compression_ratio"] == pytest.approx(results["achieved_ratio"])
-    assert items["prune/keep_fraction"] == pytest.approx(results["keep_fraction"])
-    # a second job is a second run, not merged into the first
-    run(make_cfg("data=stsb", "strategy=random", "logger.wandb.enabled=true",
-                 f"logger.wandb.dir={tmp_path / 'wb'}", f"output_dir={tmp_path / 'run2'}"))
-    assert len(list((tmp_path / "wb" / "wandb").glob("offline-run-*"))) == 2
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    sweep = tmp_path / "study" / "2024-05-01_12-30-05"
+    with in_sweep(sweep):  # two jobs of one sweep; the second scores the first's dense model
+        jobs = [run(make_cfg("data=stsb", f"strategy={s}", "logger.wandb.enabled=true", "epochs_dense=2",
+                             f"output_dir={sweep / s}")) for s in ("layer_mag_weight", "layer_mag_grad")]
+    assert "dense" in jobs[0]["cache"]["builds"] and "dense" in jobs[1]["cache"]["hits"]
+    runs = [read_run(d) for d in sorted((sweep / "wandb").glob("offline-run-*"))]  # saved in the sweep folder
+    assert {r["group"] for r in runs} == {"study/2024-05-01_12-30-05"}
+    by_type = {r["job_type"]: r for r in runs}
+    assert len(runs) == 3 and by_type.keys() == {"layer_mag_weight", "layer_mag_grad", "dense"}
+
+    job, results = by_type["layer_mag_weight"], jobs[0]
+    assert job["name"] == "layer_mag_weight-r3-s0"
+    assert {"stsb", "tiny", "ratio=3", "seed=0", "structure=none"} <= set(job["tags"])
+    config = job["config"]
+    assert config["strategy"] == config["strategy.name"] == "layer_mag_weight" and config["structure.kind"] == "none"
+    assert (config["ratio"], config["seed"], config["ratio_basis"], config["optimizer.lr"]) == (3, 0, "bert_base", 5e-5)
+    summary = job["summary"]
+    assert summary["pruned/pearson"] == pytest.approx(results["pruned"]["pearson"])  # the kept epoch
+    assert summary["dense/pearson"] == pytest.approx(results["dense"]["pearson"])
+    assert summary["prune/compression_ratio"] == pytest.approx(results["achieved_ratio"])
+    assert summary["prune/keep_fraction"] == pytest.approx(results["keep_fraction"])
+    assert summary["val/pearson"] == {"max": pytest.approx(max(h["pearson"] for h in results["history"]["pruned"]))}
+    assert job["metrics"]["pruned/pearson"] == job["metrics"]["val/pearson"] == ["max"]
+
+    dense = by_type["dense"]  # one run for the one dense model, logged by the job that built it
+    assert dense["name"] == f"dense-{results['stage_keys']['dense']}" == f"dense-{jobs[1]['stage_keys']['dense']}"
+    assert dense["config"]["seed"] == 0 and "ratio" not in dense["config"] and "strategy" not in dense["config"]
+    curve = [row["val/pearson"] for row in dense["history"] if "val/pearson" in row]
+    assert curve == pytest.approx([h["pearson"] for h in results["history"]["dense"]]) and len(curve) == 2
+    assert dense["summary"]["dense/pearson"] == pytest.approx(results["dense"]["pearson"])
+    assert dense["metrics"]["dense/pearson"] == dense["metrics"]["val/pearson"] == ["max"]
 
 
 @pytest.mark.slow
-def test_analysis_folder_goes_to_wandb_as_images_and_tables(tmp_path, monkeypatch):
+def test_analysis_folder_goes_to_wandb_as_images_and_tables_in_its_sweep_group(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
     from deepcuts.analysis.render.wandb import log_folder
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
-    out = tmp_path / "iou"
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    sweep = tmp_path / "study" / "2024-05-01_12-30-05"
+    (sweep / "multirun.yaml").parent.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    out = sweep / "iou"  # an analysis written into the sweep folder (a report's default --out)
     out.mkdir()
     fig = Figure()
     fig.add_subplot().plot([0, 1], [1, 0])
     fig.savefig(out / "heatmap_mean_stsb_r3.png")
     (out / "layer_iou.csv").write_text("layer,iou_kept\n0,0.9\n1,0.8\n")
     log_folder(out, "mask-analysis")
-    (run,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
-    logged = {u.key or ".".join(u.nested_key): u.value_json for r in finished_run_records(run)
-              if r.WhichOneof("record_type") == "history" for u in r.history.item}
-    assert json.loads(logged.get("mask-analysis/heatmap_mean_stsb_r3._type", "null")) == "image-file", sorted(logged)
-    assert json.loads(logged.get("mask-analysis/layer_iou._type", "null")) == "table-file", sorted(logged)
+    (run,) = (sweep / "wandb").glob("offline-run-*")  # beside the sweep's training runs
+    logged = read_run(run)
+    assert (logged["group"], logged["job_type"]) == ("study/2024-05-01_12-30-05", "mask-analysis")
+    items = {k: v for row in logged["history"] for k, v in row.items()}
+    assert items.get("mask-analysis/heatmap_mean_stsb_r3._type") == "image-file", sorted(items)
+    assert items.get("mask-analysis/layer_iou._type") == "table-file", sorted(items)
     assert list((run / "files" / "media").rglob("*.png")) and list((run / "files" / "media").rglob("*.json"))
