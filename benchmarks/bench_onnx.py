@@ -5,15 +5,19 @@ The pretrained MiniLM encoder (as S9 loads it) with a 2-class head, as an export
 c = 3 on the bert_base basis (heads_neurons, |W| group scores summed per layer, as S9; latency does
 not depend on which heads and neurons are kept, only how many). Each is traced to ONNX by
 :func:`deepcuts.models.onnx.write_graph` (the dynamo exporter the project's export uses) and checked
-against PyTorch (max abs difference of the logits within 1e-4) before any timing.
+against PyTorch (max abs difference of the logits within 1e-4) before any timing, once with each
+of torch's exporters: ``dynamo`` (the project's default) and ``torchscript`` (``--exporter
+torchscript``; deprecated by torch).
 
 Timing: float32, batch 1 and batch 32, sequence length 128 (random token ids, seeded; mask all
 ones), 2 threads on both sides (``torch.set_num_threads(2)``; ONNX Runtime ``intra_op_num_threads
-= 2``, one inter-op thread, ``ORT_ENABLE_ALL`` graph optimisations, CPU provider). The four
-variants (PyTorch dense / structured, ONNX Runtime dense / structured) of one batch size are timed
-interleaved after a warm-up; medians. Targets: ONNX Runtime not slower than PyTorch on the
-structured model at either batch (ratio ORT / PyTorch <= 1.0), and the structured speed-up under
-ONNX Runtime >= 2.0 at both batches. OpenVINO is not measured.
+= 2``, one inter-op thread, ``ORT_ENABLE_ALL`` graph optimisations, CPU provider). The six
+variants (PyTorch dense / structured, ONNX Runtime dense / structured for each exporter's graph)
+of one batch size are timed interleaved after a warm-up; medians. Targets, on the default
+(dynamo) graph: ONNX Runtime not slower than PyTorch on the structured model at either batch (ratio
+ORT / PyTorch <= 1.0; ``measured`` is the larger), and the structured speed-up under ONNX Runtime
+>= 2.0 at both batches; the torchscript graph's ratios are reported beside. OpenVINO is not
+measured.
 
     .venv/bin/python benchmarks/bench_onnx.py [--quick] [--no-write]
 """
@@ -38,6 +42,7 @@ TOLERANCE = 1e-4
 ROUNDS = {1: 40, 32: 10}
 ROUNDS_QUICK = {1: 4, 32: 2}
 WARMUP = 2
+EXPORTERS = {"dynamo": "", "torchscript": "ts_"}  # exporter -> prefix of its graphs' names
 
 
 def build_models():
@@ -87,16 +92,18 @@ def sessions(models: dict, vocab: int, folder: Path) -> tuple[dict, dict, dict]:
     options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    for name, model in models.items():
-        path = folder / f"{name}.onnx"
-        write_graph(model, inputs(2, vocab), path)
-        sizes[name] = path.stat().st_size
-        out[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = inputs(3, vocab)
-        with torch.inference_mode():
-            expected = model(**feed).numpy()
-        got = out[name].run(None, {k: v.numpy() for k, v in feed.items()})[0]
-        checks[name] = float(abs(got - expected).max())
+    for exporter, tag in EXPORTERS.items():
+        for name, model in models.items():
+            key = f"{tag}{name}"
+            path = folder / f"{key}.onnx"
+            write_graph(model, inputs(2, vocab), path, exporter=exporter)
+            sizes[key] = path.stat().st_size
+            out[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            feed = inputs(3, vocab)
+            with torch.inference_mode():
+                expected = model(**feed).numpy()
+            got = out[key].run(None, {k: v.numpy() for k, v in feed.items()})[0]
+            checks[key] = float(abs(got - expected).max())
     bad = {k: v for k, v in checks.items() if not v <= TOLERANCE}
     if bad:
         raise AssertionError(f"ONNX Runtime disagrees with PyTorch beyond {TOLERANCE}: {bad}")
@@ -129,8 +136,9 @@ def bench_s13(quick: bool) -> dict:
             per_batch[str(batch)] = {
                 "rounds": rounds[batch], "median_ms": {k: round(v, 3) for k, v in med.items()},
                 "ort_over_torch": {n: round(med[f"ort_{n}"] / med[f"torch_{n}"], 4) for n in models},
+                "ort_torchscript_over_torch": {n: round(med[f"ort_ts_{n}"] / med[f"torch_{n}"], 4) for n in models},
                 "structured_speedup": {rt: round(med[f"{rt}_dense"] / med[f"{rt}_structured"], 4)
-                                       for rt in ("torch", "ort")},
+                                       for rt in ("torch", "ort", "ort_ts")},
                 "timings_ms": {k: C.summary([s * 1e3 for s in v]) for k, v in seconds.items()},
             }
     ort_ratio = max(per_batch[str(b)]["ort_over_torch"]["structured"] for b in BATCHES)
@@ -145,11 +153,15 @@ def bench_s13(quick: bool) -> dict:
         all(v for b in met_by.values() for v in b.values()),
         raw={"per_batch": per_batch, "graph_bytes": sizes, "checks_max_abs_diff": checks, "structure": structure,
              "setup": {"model": "MiniLM encoder + pooler + 2-class head (ExportedModel), float32",
-                       "export": "deepcuts.models.onnx.write_graph (torch.onnx.export dynamo=True, opset 18)",
+                       "export": "deepcuts.models.onnx.write_graph: dynamo (torch.onnx.export dynamo=True, opset 18) and "
+                                 "torchscript (dynamo=False, opset 17); ort_ts_* are the torchscript graphs",
                        "onnxruntime": ort.__version__, "torch": torch.__version__,
                        "ort_options": f"CPUExecutionProvider, intra_op {THREADS}, inter_op 1, ORT_ENABLE_ALL",
                        "timing": "4 variants interleaved per batch size, order flipped every round; medians"}},
         unit="ratio", ort_structured_speedup_min=speedup, met_by_batch=met_by,
+        torchscript_graph={"ort_over_torch_structured_max": max(per_batch[str(b)]["ort_torchscript_over_torch"]["structured"]
+                                                                 for b in BATCHES),
+                           "structured_speedup_min": min(per_batch[str(b)]["structured_speedup"]["ort_ts"] for b in BATCHES)},
     )
 
 
@@ -161,7 +173,8 @@ def main(argv=None) -> list[dict]:
     for b in BATCHES:
         row = results[0]["raw"]["per_batch"][str(b)]
         print(f"   batch {b}: " + "; ".join(f"{k} {v:.1f} ms" for k, v in row["median_ms"].items())
-              + f"; ORT/torch {row['ort_over_torch']}; structured speed-up {row['structured_speedup']}", flush=True)
+              + f"; ORT/torch {row['ort_over_torch']} (torchscript graph {row['ort_torchscript_over_torch']}); "
+              f"structured speed-up {row['structured_speedup']}", flush=True)
     return results
 
 

@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", metavar="FILE", help="a GLUE-format file of the task to check the graph on "
                         "(default: the task's dev file)")
     parser.add_argument("--limit", type=int, default=None, help="check on the first N examples (default 256)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; torchscript: at most 17)")
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                        help="torch's exporter: dynamo (default) or torchscript (deprecated by torch; its graph "
+                        "ran faster under ONNX Runtime on our CPU, benchmark S13)")
     args = parser.parse_args(argv)
     try:
         from deepcuts.models import onnx
@@ -48,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         file = _check_file(folder, data, args.check)
         limit = min(args.limit or onnx.CHECK_EXAMPLES, onnx.CHECK_EXAMPLES)
         texts, _ = read_examples(file, data, has_labels=False, limit=limit)
-        meta = onnx.export_onnx(folder, texts, opset=args.opset or onnx.DEFAULT_OPSET)
+        meta = onnx.export_onnx(folder, texts, opset=args.opset or onnx.DEFAULT_OPSET, exporter=args.exporter)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {folder / meta['file']} (opset {meta['opset']}, inputs {', '.join(meta['inputs'])}); "
+    print(f"wrote {folder / meta['file']} ({meta['exporter']} exporter, opset {meta['opset']}, inputs {', '.join(meta['inputs'])}); "
           f"ONNX Runtime equals PyTorch within {meta['max_abs_diff']:.2g} on {meta['checked_examples']} "
           f"examples of {file.name}")
     return 0

@@ -27,6 +27,7 @@ from deepcuts.models.export import HEAD_SPEC_FILE, load_exported
 from deepcuts.models.onnx_runtime import ONNX_FILE, ONNX_META
 
 DEFAULT_OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")
 TOLERANCE = 1e-4
 CHECK_EXAMPLES = 256  # real examples compared, in batches of the task's eval batch size
 
@@ -61,14 +62,25 @@ def encode(tokenizer, texts: Sequence[Sequence[str]], inputs: Sequence[str], max
     return {k: enc[k] for k in inputs}
 
 
-def write_graph(model: nn.Module, sample: dict, path: Path, opset: int = DEFAULT_OPSET) -> None:
+def write_graph(model: nn.Module, sample: dict, path: Path, opset: int = DEFAULT_OPSET,
+                exporter: str = "dynamo") -> None:
     """Trace ``model`` (called with ``sample``'s tensors in order, as keyword names) into an ONNX
-    file at ``path`` with dynamic batch and sequence axes. Raises :class:`OnnxExportError`."""
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    file at ``path`` with dynamic batch and sequence axes. ``exporter``: ``dynamo`` (torch.export +
+    onnxscript, the default) or ``torchscript`` (torch's older tracer, deprecated by torch but
+    faster under ONNX Runtime on this CPU: benchmark S13). Raises :class:`OnnxExportError`."""
+    if exporter not in EXPORTERS:
+        raise OnnxExportError(f"exporter {exporter!r}: one of {', '.join(EXPORTERS)}.")
     names = list(sample)
+    args = tuple(sample[k] for k in names)
     try:
+        if exporter == "torchscript":
+            torch.onnx.export(model, args, str(path), dynamo=False, opset_version=min(opset, 17),
+                              input_names=names, output_names=["output"],
+                              dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names})
+            return
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         program = torch.onnx.export(
-            model, tuple(sample[k] for k in names), dynamo=True, opset_version=opset, input_names=names,
+            model, args, dynamo=True, opset_version=opset, input_names=names,
             output_names=["output"], verbose=False, dynamic_shapes={k: {0: batch, 1: seq} for k in names})
         program.save(str(path))
     except Exception as err:  # noqa: BLE001 - the exporter raises many kinds; say which step failed
@@ -76,7 +88,7 @@ def write_graph(model: nn.Module, sample: dict, path: Path, opset: int = DEFAULT
 
 
 def export_onnx(folder: Path, texts: Sequence[Sequence[str]], *, opset: int = DEFAULT_OPSET,
-                tolerance: float = TOLERANCE, batch_size: int | None = None) -> dict:
+                tolerance: float = TOLERANCE, batch_size: int | None = None, exporter: str = "dynamo") -> dict:
     """Write ``folder/model.onnx`` and ``folder/onnx.json``; return the latter's content.
 
     ``texts``: real examples (one list per text column, e.g. from the task's dev file) to check
@@ -101,7 +113,7 @@ def export_onnx(folder: Path, texts: Sequence[Sequence[str]], *, opset: int = DE
     inputs = graph_inputs(folder)
     sample = encode(tokenizer, [c[:2] for c in texts], inputs, max_length)
     with atomic_path(folder / ONNX_FILE) as tmp:
-        write_graph(model, sample, tmp, opset)
+        write_graph(model, sample, tmp, opset, exporter)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
@@ -118,7 +130,7 @@ def export_onnx(folder: Path, texts: Sequence[Sequence[str]], *, opset: int = DE
         if not worst <= tolerance:
             raise OnnxExportError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.3g} (> {tolerance:g}) "
                                   f"on {n} examples of the task: the graph is not kept.")
-    meta = {"file": ONNX_FILE, "opset": opset, "inputs": inputs, "output": _output(folder),
+    meta = {"file": ONNX_FILE, "exporter": exporter, "opset": opset if exporter == "dynamo" else min(opset, 17), "inputs": inputs, "output": _output(folder),
             "dtype": "float32", "checked_examples": n, "max_abs_diff": worst, "tolerance": tolerance,
             "torch": torch.__version__, "onnxruntime": ort.__version__}
     write_json(folder / ONNX_META, meta)

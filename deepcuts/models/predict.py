@@ -29,8 +29,9 @@ if TYPE_CHECKING:  # torch only where the PyTorch runtime or a metric needs it
 # the export's files (as deepcuts.models.export writes them; that module imports torch)
 HEAD_FILE, TASK_FILE, DATA_FILE = "head.safetensors", "task.json", "data.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # one of them
-EXPORT_FILES = {"torch": ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE),
-                "onnx": (ONNX_FILE, ONNX_META, TASK_FILE, DATA_FILE)}
+TOKENIZER_FILE = "tokenizer_config.json"  # save_pretrained always writes it
+EXPORT_FILES = {"torch": ("config.json", HEAD_FILE, TASK_FILE, DATA_FILE, TOKENIZER_FILE),
+                "onnx": (ONNX_FILE, ONNX_META, TASK_FILE, DATA_FILE, TOKENIZER_FILE)}
 RUNTIMES = tuple(EXPORT_FILES)
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 DEFAULT_BATCH_SIZE = 128
