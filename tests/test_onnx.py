@@ -148,6 +148,16 @@ def test_a_graph_that_disagrees_with_pytorch_is_not_kept(masked, tmp_path):
         OnnxRunner(folder)
 
 
+def test_the_torchscript_exporter_gives_the_same_outputs(structured, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(structured["export"], folder)
+    texts, _ = read_examples(structured["dev"], json.loads((folder / "data.json").read_text()), False, None)
+    meta = export_onnx(folder, texts, exporter="torchscript")
+    assert meta["exporter"] == "torchscript" and meta["opset"] == 17 and meta["max_abs_diff"] <= TOL
+    with pytest.raises(ConfigError, match="exporter 'tvm'"):
+        export_onnx(folder, texts, exporter="tvm")
+
+
 def test_the_model_card_is_read_from_the_run(structured):
     card = (structured["export"] / "README.md").read_text()
     res = structured["results"]
