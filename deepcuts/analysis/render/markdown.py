@@ -155,14 +155,15 @@ def _paired_section(part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
     head += ["baseline", "seeds", "mean diff", "95% t-interval", "95% bootstrap", "wins",
              "verdict"]
     align += ["---", "---:", "---:", "---", "---", "---:", "---"]
+    return _paired_tables(part, head, align, lambda r: [*ident(r), _reference_name(r), *_paired_cells(r)])
+
+
+def _paired_tables(part: pd.DataFrame, head: list[str], align: list[str], row_cells) -> list[str]:
+    """The dev note, then a "#### Methods" / "#### Sanity controls" table of paired rows each."""
     lines = _dev_note(part)
     for title, rows in _split(part):
-        if rows.empty:
-            continue
-        cells = []
-        for _, r in rows.iterrows():
-            cells.append([*ident(r), _reference_name(r), *_paired_cells(r)])
-        lines += [f"#### {title}", ""] + _table(head, align, cells)
+        if not rows.empty:
+            lines += [f"#### {title}", ""] + _table(head, align, [row_cells(r) for _, r in rows.iterrows()])
     return lines
 
 
@@ -269,16 +270,9 @@ def _across_section(part: pd.DataFrame, cell: Sequence[str], col: str, key: str)
     head += [f"`{key}`", *(["variant"] if variant else []), "reference", "achieved ratio",
              "seeds", "mean diff", "95% t-interval", "95% bootstrap", "wins", "verdict"]
     align += ["---"] * (2 + variant) + ["---:"] * 3 + ["---"] * 2 + ["---:", "---"]
-    lines = _dev_note(part)
-    for title, rows in _split(part):
-        if rows.empty:
-            continue
-        cells = []
-        for _, r in rows.iterrows():
-            cells.append([*ident(r), fmt(r[col]), *([str(r["variant"])] if variant else []),
-                          _reference_name(r), _ratios(r), *_paired_cells(r)])
-        lines += [f"#### {title}", ""] + _table(head, align, cells)
-    return lines
+    return _paired_tables(part, head, align, lambda r: [
+        *ident(r), fmt(r[col]), *([str(r["variant"])] if variant else []), _reference_name(r), _ratios(r),
+        *_paired_cells(r)])
 
 
 def _ratios(r: Any) -> str:
