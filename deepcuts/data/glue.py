@@ -16,11 +16,11 @@ from typing import Any
 import datasets
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.batching import MEGA_BATCHES, GroupedBatchSampler, SortedBatchSampler
 from deepcuts.data.tsv import (
     DEFAULT_GLUE_DIR,
     check_columns,
@@ -62,6 +62,7 @@ class GlueDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
         holdout_fraction: float | None = None,
+        group_by_length: bool = True,
         **_: Any,  # metrics/monitor belong to the model; the same YAML feeds both
     ) -> None:
         super().__init__()
@@ -81,6 +82,8 @@ class GlueDataModule(pl.LightningDataModule):
         self.subset_seed, self.num_workers, self.seed = subset_seed, num_workers, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.holdout_fraction = holdout_fraction
+        self.group_by_length = bool(group_by_length)
+        self._lengths: dict[str, tuple[int, list[int]]] = {}
         self.collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.splits: dict[str, datasets.Dataset] = {}
         if len(self.text_columns) not in (1, 2):
@@ -164,22 +167,55 @@ class GlueDataModule(pl.LightningDataModule):
             self.splits["train"] = self.splits["train"].select(train)
 
     # -- loaders --------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle_seed: int | None, sampler=None) -> DataLoader:
-        generator = None
-        if shuffle_seed is not None:
-            generator = torch.Generator().manual_seed(shuffle_seed)
-        return DataLoader(
-            self.splits[split],
-            batch_size=batch_size,
-            shuffle=shuffle_seed is not None,
-            generator=generator,
-            sampler=sampler,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-        )
+    def lengths(self, split: str) -> list[int]:
+        """Each example's token count in ``split`` (what its batches are grouped or sorted by)."""
+        data = self.splits[split]
+        cached = self._lengths.get(split)
+        if cached is None or cached[0] != id(data):
+            cached = (id(data), [len(ids) for ids in data["input_ids"]])
+            self._lengths[split] = cached
+        return cached[1]
+
+    @staticmethod
+    def _ranks() -> tuple[int, int]:
+        """(rank, world) of a data-parallel fit; (0, 1) in one process."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _train_order(self, split: str, batch_size: int, seed: int, fixed: bool = False) -> DataLoader:
+        """Seeded batches of ``split`` for training and scoring: length-grouped (a new order each
+        epoch) or, with ``group_by_length=false``, the random batches of a shuffling loader.
+        ``fixed``: the same batches every epoch (``trainer.overfit_batches``)."""
+        rank, world = self._ranks()
+        if self.group_by_length:
+            sampler = GroupedBatchSampler(self.lengths(split), batch_size, seed, MEGA_BATCHES, rank, world)
+            if fixed:
+                sampler.set_epoch = lambda epoch: None
+            return DataLoader(self.splits[split], batch_sampler=sampler, collate_fn=self.collate,
+                              num_workers=self.num_workers)
+        if world > 1:  # each rank its share, reshuffled per epoch (Lightning calls set_epoch)
+            sampler = DistributedSampler(self.splits[split], world, rank, shuffle=not fixed, seed=seed)
+            return DataLoader(self.splits[split], batch_size=batch_size, sampler=sampler,
+                              collate_fn=self.collate, num_workers=self.num_workers)
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=not fixed, generator=generator,
+                          collate_fn=self.collate, num_workers=self.num_workers)
+
+    def _inference_order(self, split: str) -> DataLoader:
+        """Every example of ``split`` once (on one rank of a data-parallel fit), in batches of
+        ``eval_batch_size``: sorted by length, longest first, or in file order with
+        ``group_by_length=false``. Outputs that must be in file order are put back by the caller
+        (train rows carry their ``example_index``); metrics do not depend on the order."""
+        rank, world = self._ranks()
+        lengths = self.lengths(split) if self.group_by_length else [0] * len(self.splits[split])
+        sampler = SortedBatchSampler(lengths, self.eval_batch_size, rank, world)  # equal lengths: file order
+        return DataLoader(self.splits[split], batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, self.seed)
+        fixed = bool(self.trainer is not None and self.trainer.overfit_batches)
+        return self._train_order("train", self.batch_size, self.seed, fixed)
 
     def eval_sets(self) -> list[str]:
         """What each validation loader is, in order: ``val`` (the dev set), ``holdout`` (the
@@ -188,23 +224,18 @@ class GlueDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """The dev set, then the held-out selection slice of train when there is one, then the
-        extra dev sets (``data.extra_eval_files``)."""
-        loaders = []
-        for split in ("eval", "holdout", *(f"eval-{n}" for n in self.extra_eval)):
-            if split not in self.splits:
-                continue
-            sampler = None
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # Each example on exactly one rank: Lightning's default sampler would repeat
-                # examples to even out the shards, and the metrics would differ from one device's.
-                sampler = UnrepeatedDistributedSampler(self.splits[split], shuffle=False)
-            loaders.append(self._loader(split, self.eval_batch_size, None, sampler))
+        extra dev sets (``data.extra_eval_files``). Each example is on exactly one rank of a
+        data-parallel fit: metrics are the same as on one device."""
+        splits = [s for s in ("eval", "holdout", *(f"eval-{n}" for n in self.extra_eval)) if s in self.splits]
+        loaders = [self._inference_order(split) for split in splits]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def train_eval_dataloader(self) -> DataLoader:
-        """The train set in file order, evaluation batch size (teacher outputs for distillation)."""
-        return self._loader("train", self.eval_batch_size, None)
+        """Every train example once, evaluation batch size (teacher outputs for distillation,
+        put in file order by their ``example_index``)."""
+        return self._inference_order("train")
 
     def scoring_dataloader(self, seed: int) -> DataLoader:
-        """Train set in a seeded order of its own, for scoring passes."""
-        return self._loader("train", self.batch_size, seed + 10_007)
+        """Train batches in a seeded order of their own, drawn as training draws them, for
+        scoring passes."""
+        return self._train_order("train", self.batch_size, seed + 10_007)

@@ -34,6 +34,7 @@ from deepcuts.models.encoders import (
 from deepcuts.models.encoders import (
     load_tokenizer as load_tokenizer,  # re-exported: build_model's partner
 )
+from deepcuts.training.optim import build_optimizer
 
 
 def build_model(cfg, tokenizer) -> GlueModel:
@@ -227,7 +228,7 @@ class GlueModel(pl.LightningModule):
                           sync_dist=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self.optimizer_factory, [p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         steps = self.trainer.estimated_stepping_batches

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.batching import in_file_order, sorted_batches
 
 ONNX_FILE, ONNX_META = "model.onnx", "onnx.json"  # as deepcuts.models.onnx writes them
 
@@ -55,11 +56,15 @@ class OnnxRunner:
 
     def outputs(self, texts: Sequence[Sequence[str]], batch_size: int, max_length: int) -> np.ndarray:
         """The graph's outputs (logits, or scores) for the examples (one list per text column),
-        in order, as float32."""
+        in file order, as float32; batches are length-sorted, so each pads only to similar lengths."""
+        if not len(texts[0]):
+            return np.zeros((0,), dtype=np.float32)
+        encoded = self.tokenizer(*[list(c) for c in texts], truncation=True, max_length=max_length)
+        features = [{k: encoded[k][i] for k in self.inputs} for i in range(len(texts[0]))]
+        batches = sorted_batches([len(f["input_ids"]) for f in features], batch_size)
         out = []
-        for start in range(0, len(texts[0]), batch_size):
-            batch = [list(c[start:start + batch_size]) for c in texts]
-            enc = self.tokenizer(*batch, truncation=True, max_length=max_length, padding=True, return_tensors="np")
+        for rows in batches:
+            enc = self.tokenizer.pad([features[i] for i in rows], return_tensors="np")
             feed = {k: np.asarray(enc[k], dtype=np.int64) for k in self.inputs}
             out.append(self.session.run(None, feed)[0].astype(np.float32))
-        return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+        return in_file_order(np.concatenate(out), batches)

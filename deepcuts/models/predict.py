@@ -20,6 +20,7 @@ import numpy as np
 
 from deepcuts.cache.files import atomic_path
 from deepcuts.config.errors import ConfigError
+from deepcuts.data.batching import in_file_order, sorted_batches
 from deepcuts.data.tsv import parse_labels, read_tsv
 from deepcuts.models.onnx_runtime import ONNX_FILE, ONNX_META, OnnxRunner
 
@@ -160,8 +161,9 @@ def autocast_dtype(precision: str):
 
 def run_model(folder: Path, texts: list[list[str]], data: dict, batch_size: int,
               device: torch.device, precision: str = "32") -> np.ndarray:
-    """The export's outputs (logits, or scores) for the examples, in order, under the run's
-    precision (autocast for ``bf16-mixed`` / ``16-mixed``, as Lightning evaluated)."""
+    """The export's outputs (logits, or scores) for the examples, in file order, under the run's
+    precision (autocast for ``bf16-mixed`` / ``16-mixed``, as Lightning evaluated). Batches are
+    length-sorted (:func:`deepcuts.data.batching.sorted_batches`)."""
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
@@ -173,13 +175,14 @@ def run_model(folder: Path, texts: list[list[str]], data: dict, batch_size: int,
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     model = load_exported(folder).to(device)
     dtype = autocast_dtype(precision)
+    batches = sorted_batches([len(f["input_ids"]) for f in features], batch_size)  # padding only to similar lengths
     outputs = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        for start in range(0, len(features), batch_size):
-            batch = collate(features[start:start + batch_size]).to(device)
+        for rows in batches:
+            batch = collate([features[i] for i in rows]).to(device)
             output = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             outputs.append(output.float().cpu())
-    return torch.cat(outputs).numpy()
+    return in_file_order(torch.cat(outputs).numpy(), batches)
 
 
 def score(output: np.ndarray, labels: list, data: dict) -> dict[str, float]:

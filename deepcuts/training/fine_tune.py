@@ -109,6 +109,12 @@ def check_trainer(trainer_cfg: DictConfig) -> None:
             f"{trainer.num_devices} devices {how}. Use trainer=ddp trainer.devices=N for several "
             "devices in one job (spawned ranks), or one job per device with hydra/launcher=parallel."
         )
+    if trainer.world_size > 1 and trainer_cfg.get("use_distributed_sampler", True):
+        raise ConfigError(
+            "trainer.use_distributed_sampler must be false on several devices: the data module "
+            "gives each rank its share of the length-grouped batches itself (conf/trainer/ddp.yaml "
+            "sets it)."
+        )
 
 
 class EpochMetrics(pl.Callback):
